@@ -1,0 +1,31 @@
+"""sbnkit: stochastic binary networks in PyTorch."""
+
+from . import estimators, models, noise, units, weights
+from .errors import UserError
+from .inference import evaluate_batches, predict_proba
+from .network import SBN, ChannelAffine, Head, Stage
+from .units import BinaryUnit, Rule, using_rule
+from .weights import BernoulliWeight, binarize, make_binary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SBN",
+    "BernoulliWeight",
+    "BinaryUnit",
+    "ChannelAffine",
+    "Head",
+    "Rule",
+    "Stage",
+    "UserError",
+    "binarize",
+    "estimators",
+    "evaluate_batches",
+    "make_binary",
+    "models",
+    "noise",
+    "predict_proba",
+    "units",
+    "using_rule",
+    "weights",
+]

@@ -1,0 +1,90 @@
+"""The estimator interface, batch checks and the default per-example loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..network import SBN
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example ``-log softmax(logits)[y]``."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                loss_fn: LossFn | None) -> None:
+    """Raise :class:`UserError` for a malformed batch (shape, NaN/Inf, labels out of range)."""
+    if isinstance(model, SBN):
+        model.check_input(x)
+    elif not isinstance(x, torch.Tensor) or not bool(torch.isfinite(x).all()):
+        raise UserError("input must be a finite torch.Tensor; clean or normalise the data first")
+    if not isinstance(y, torch.Tensor):
+        raise UserError(f"targets must be a torch.Tensor, got {type(y).__name__}")
+    if y.dim() == 0 or y.shape[0] != x.shape[0]:
+        raise UserError(
+            f"{x.shape[0]} inputs but targets of shape {list(y.shape)}; pass one target per input"
+        )
+    if loss_fn is None:
+        if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise UserError(
+                f"cross-entropy needs integer class labels of shape [B], got {y.dtype} "
+                f"{list(y.shape)}; pass a loss_fn for other targets"
+            )
+        classes = model.num_outputs if isinstance(model, SBN) else None
+        if y.numel() and (int(y.min()) < 0 or (classes is not None and int(y.max()) >= classes)):
+            raise UserError(
+                f"labels must lie in [0, {classes}), got range [{int(y.min())}, {int(y.max())}]"
+            )
+    elif not bool(torch.isfinite(y.double() if not y.is_floating_point() else y).all()):
+        raise UserError("targets contain NaN or Inf")
+
+
+def mean_loss(losses: torch.Tensor, batch: int) -> torch.Tensor:
+    """Mean of per-example losses; a scalar loss is returned as it is."""
+    if losses.dim() == 0:
+        return losses
+    if losses.shape[0] != batch:
+        raise UserError(f"loss_fn returned shape {list(losses.shape)}; return one loss per example")
+    return losses.mean()
+
+
+class Estimator:
+    """A gradient estimator of ``∇ mean_i E[loss_i]``.
+
+    ``loss(model, x, y, loss_fn)`` returns a scalar whose ``.backward()`` leaves the estimate in
+    the parameters' ``.grad``; its value is an estimate of the mean expected loss. ``loss_fn``
+    maps ``(logits [B, K], y)`` to per-example losses ``[B]`` (default: cross-entropy).
+    """
+
+    name: str = ""
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             loss_fn: LossFn | None = None) -> torch.Tensor:
+        check_batch(model, x, y, loss_fn)
+        return self.surrogate(model, x, y, loss_fn or cross_entropy)
+
+    def surrogate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  loss_fn: LossFn) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{self.name}({opts})"
+
+
+def require_sbn(model: nn.Module, estimator: str) -> SBN:
+    """``model`` if it is an :class:`SBN`; path estimators need its layered structure."""
+    if not isinstance(model, SBN):
+        raise UserError(
+            f"estimator {estimator!r} walks the layers of an sbnkit SBN (sbnkit.models.*), "
+            f"but got {type(model).__name__}; use a local estimator such as 'st' for other models"
+        )
+    return model

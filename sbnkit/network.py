@@ -1,0 +1,132 @@
+"""The layered stochastic binary network: stages of (op, norm, binary unit), then a real head.
+
+Local estimators only switch the units' rule and call ``model(x)``, so they work with any module
+that contains :class:`~sbnkit.units.BinaryUnit` s. Path estimators (PSA, REINFORCE, ARM, exact, ADF)
+walk :attr:`SBN.stages` in order; for each :class:`Stage` they use ``op`` (``nn.Linear`` or
+``nn.Conv2d``, possibly with Bernoulli weights), :meth:`Stage.norm_gain` and ``unit.noise``. Any
+other module between stages (pooling, dropout) is run by ``forward`` but refused by path
+estimators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .units import BinaryUnit
+
+
+class ChannelAffine(nn.Module):
+    """Per-channel ``γ · t + β`` (channel dim 1), for use between an op and a unit."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (t.dim() - 2)
+        return t * self.weight.view(shape) + self.bias.view(shape)
+
+
+class Stage(nn.Module):
+    """``x -> unit(norm(op(x)))`` with ``op`` a Linear or Conv2d and ``norm`` optional."""
+
+    def __init__(self, op: nn.Linear | nn.Conv2d, unit: BinaryUnit,
+                 norm: nn.Module | None = None) -> None:
+        super().__init__()
+        if not isinstance(op, (nn.Linear, nn.Conv2d)):
+            raise UserError(f"a stage's op must be nn.Linear or nn.Conv2d, not {type(op).__name__}")
+        if norm is not None and not isinstance(
+            norm, (ChannelAffine, nn.BatchNorm1d, nn.BatchNorm2d)
+        ):
+            raise UserError(f"a stage's norm must be BatchNorm or ChannelAffine, not {norm!r}")
+        self.op = op
+        self.norm = norm
+        self.unit = unit
+
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """``a = norm(op(x))``."""
+        t = self.op(x)
+        return t if self.norm is None else self.norm(t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unit(self.preactivation(x))
+
+    def norm_gain(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-channel ``∂a/∂t`` of the norm at op output ``t``, detached (statistics constant).
+
+        BatchNorm in training mode uses the batch variance of ``t``, as its forward does.
+        """
+        n = self.norm
+        t = t.detach()
+        if n is None:
+            return torch.ones(t.shape[1], dtype=t.dtype, device=t.device)
+        if isinstance(n, ChannelAffine):
+            return n.weight.detach()
+        if n.training or n.running_var is None:
+            dims = [d for d in range(t.dim()) if d != 1]
+            var = t.var(dim=dims, unbiased=False)
+        else:
+            var = n.running_var
+        gain = torch.rsqrt(var + n.eps)
+        return gain * n.weight.detach() if n.affine else gain
+
+
+class Head(nn.Module):
+    """The real output layer: ``flatten`` or global ``avg`` pooling, then a Linear."""
+
+    def __init__(self, linear: nn.Linear, pool: str = "flatten") -> None:
+        super().__init__()
+        if pool not in ("flatten", "avg"):
+            raise UserError(f"unknown head pooling {pool!r}; known: flatten, avg")
+        self.linear = linear
+        self.pool = pool
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's input as a ``[B, features]`` matrix."""
+        if self.pool == "avg" and x.dim() > 2:
+            return x.mean(dim=tuple(range(2, x.dim())))
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
+class SBN(nn.Module):
+    """A stochastic binary network: ``stages`` then ``head``, for inputs ``[B, *input_shape]``."""
+
+    def __init__(self, stages: Sequence[nn.Module], head: Head,
+                 input_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.head = head
+        self.input_shape = tuple(int(s) for s in input_shape)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.head.linear.out_features
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`UserError` unless ``x`` is a finite ``[B, *input_shape]`` batch."""
+        if not isinstance(x, torch.Tensor):
+            raise UserError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            want = ", ".join(["B", *map(str, self.input_shape)])
+            raise UserError(
+                f"input has shape {list(x.shape)} but the model expects [{want}]; "
+                "reshape the batch to match the model"
+            )
+        if not x.is_floating_point():
+            raise UserError(f"input must be floating point, got {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise UserError("input contains NaN or Inf; clean or normalise the data first")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x)
