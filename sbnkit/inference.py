@@ -19,8 +19,9 @@ EVAL_MODES = ("mode", "sample", "ensemble")
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, mode: str = "mode",
-                  samples: int = 16) -> torch.Tensor:
+def predict_proba(
+    model: nn.Module, x: torch.Tensor, mode: str = "mode", samples: int = 16
+) -> torch.Tensor:
     """Class probabilities ``[B, K]`` of ``model`` on ``x`` in evaluation ``mode``."""
     if mode not in EVAL_MODES:
         raise UserError(f"unknown evaluation mode {mode!r}; known modes: {', '.join(EVAL_MODES)}")
@@ -37,8 +38,9 @@ def predict_proba(model: nn.Module, x: torch.Tensor, mode: str = "mode",
     return total / count
 
 
-def evaluate_batches(model: nn.Module, batches, mode: str = "mode",
-                     samples: int = 16) -> dict[str, float]:
+def evaluate_batches(
+    model: nn.Module, batches, mode: str = "mode", samples: int = 16
+) -> dict[str, float]:
     """Accuracy and NLL (``-log p(y|x)`` of the predictive distribution) over ``batches``."""
     was_training = model.training
     model.eval()

@@ -40,21 +40,33 @@ def _norm(kind: str | None, channels: int, conv: bool) -> nn.Module | None:
 class _Builder:
     """Shared option handling for the builders below."""
 
-    def __init__(self, noise: str = "logistic", noise_scale: float = 1.0,
-                 norm: str | None = None, binary_weights: bool = False,
-                 binary_first: bool = True, binary_head: bool = False,
-                 weight_noise: str = "logistic", weight_noise_scale: float = 0.5,
-                 weight_mode: str = "sample", latent_clip: float | None = None,
-                 rule: str = "st") -> None:
+    def __init__(
+        self,
+        noise: str = "logistic",
+        noise_scale: float = 1.0,
+        norm: str | None = None,
+        binary_weights: bool = False,
+        binary_first: bool = True,
+        binary_head: bool = False,
+        weight_noise: str = "logistic",
+        weight_noise_scale: float = 0.5,
+        weight_mode: str = "sample",
+        latent_clip: float | None = None,
+        rule: str = "st",
+    ) -> None:
         if norm == "none":
             norm = None
         if norm not in NORMS:
             raise UserError(f"unknown norm {norm!r}; known norms: none, batch, affine")
         self.noise, self.noise_scale, self.norm, self.rule = noise, noise_scale, norm, rule
         self.binary_weights, self.binary_first, self.binary_head = (
-            binary_weights, binary_first, binary_head)
-        self.weight_options = dict(noise=weight_noise, scale=weight_noise_scale,
-                                   mode=weight_mode, clip=latent_clip)
+            binary_weights,
+            binary_first,
+            binary_head,
+        )
+        self.weight_options = dict(
+            noise=weight_noise, scale=weight_noise_scale, mode=weight_mode, clip=latent_clip
+        )
 
     def stage(self, op: nn.Linear | nn.Conv2d, first: bool) -> Stage:
         conv = isinstance(op, nn.Conv2d)
@@ -91,13 +103,18 @@ def mlp(sizes: Sequence[int], **options) -> SBN:
     stages: list[nn.Module] = []
     if input_shape is not None and tuple(input_shape) != (sizes[0],):
         stages.append(nn.Flatten())
-    for k, (n_in, n_out) in enumerate(zip(sizes[:-2], sizes[1:-1])):
+    for k, (n_in, n_out) in enumerate(zip(sizes[:-2], sizes[1:-1], strict=True)):
         stages.append(b.stage(nn.Linear(n_in, n_out, bias=has_bias), first=k == 0))
     return SBN(stages, b.head(sizes[-2], sizes[-1], "flatten"), input_shape or (sizes[0],))
 
 
-def convnet(in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (32, 64, 128),
-            image_size: int = 28, **options) -> SBN:
+def convnet(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    channels: Sequence[int] = (32, 64, 128),
+    image_size: int = 28,
+    **options,
+) -> SBN:
     """A conv SBN for small images: 3×3 convs (stride 1, then stride 2), global-average head.
 
     Layer i > 0 halves the resolution with stride 2 (no pooling, so path estimators apply).
@@ -114,13 +131,18 @@ def convnet(in_channels: int = 1, num_classes: int = 10, channels: Sequence[int]
 
 
 CIFAR_S1_LAYERS = (  # (out channels, kernel, stride): the PSA paper's all-conv SBN, no padding
-    (96, 3, 1), (96, 3, 1), (96, 3, 2), (192, 3, 1), (192, 3, 1), (192, 3, 2), (192, 3, 1),
+    (96, 3, 1),
+    (96, 3, 1),
+    (96, 3, 2),
+    (192, 3, 1),
+    (192, 3, 1),
+    (192, 3, 2),
+    (192, 3, 1),
     (192, 1, 1),
 )
 
 
-def cifar_s1(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
-             **options) -> SBN:
+def cifar_s1(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, **options) -> SBN:
     """CIFAR_S1 of the PSA paper (psa.md §6): 8 binary conv stages, flatten, Linear(768 → 10)."""
     b = _Builder(**options)
     has_bias = b.norm is None
@@ -130,8 +152,11 @@ def cifar_s1(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
         c_in, size = c_out, (size - kernel) // stride + 1
     if size < 1:
         raise UserError(f"image_size {image_size} is too small for cifar_s1; use 32")
-    return SBN(stages, b.head(c_in * size * size, num_classes, "flatten"),
-               (in_channels, image_size, image_size))
+    return SBN(
+        stages,
+        b.head(c_in * size * size, num_classes, "flatten"),
+        (in_channels, image_size, image_size),
+    )
 
 
 @torch.no_grad()

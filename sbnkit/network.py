@@ -35,8 +35,9 @@ class ChannelAffine(nn.Module):
 class Stage(nn.Module):
     """``x -> unit(norm(op(x)))`` with ``op`` a Linear or Conv2d and ``norm`` optional."""
 
-    def __init__(self, op: nn.Linear | nn.Conv2d, unit: BinaryUnit,
-                 norm: nn.Module | None = None) -> None:
+    def __init__(
+        self, op: nn.Linear | nn.Conv2d, unit: BinaryUnit, norm: nn.Module | None = None
+    ) -> None:
         super().__init__()
         if not isinstance(op, (nn.Linear, nn.Conv2d)):
             raise UserError(f"a stage's op must be nn.Linear or nn.Conv2d, not {type(op).__name__}")
@@ -99,8 +100,7 @@ class Head(nn.Module):
 class SBN(nn.Module):
     """A stochastic binary network: ``stages`` then ``head``, for inputs ``[B, *input_shape]``."""
 
-    def __init__(self, stages: Sequence[nn.Module], head: Head,
-                 input_shape: Sequence[int]) -> None:
+    def __init__(self, stages: Sequence[nn.Module], head: Head, input_shape: Sequence[int]) -> None:
         super().__init__()
         self.stages = nn.ModuleList(stages)
         self.head = head

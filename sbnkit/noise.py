@@ -136,7 +136,8 @@ class Normal(Noise):
         return torch.exp(-0.5 * r * r) / (self.std * math.sqrt(2.0 * math.pi))
 
     def log_cdf(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.special.log_ndtr(t / self.std)
+        # log Φ(r) ≈ -r²/2 overflows float32 below r ≈ -2.6e19; clamping there keeps it finite.
+        return torch.special.log_ndtr((t / self.std).clamp(-1e18, 1e18))
 
     def icdf(self, u: torch.Tensor) -> torch.Tensor:
         return self.std * torch.special.ndtri(u)

@@ -15,16 +15,16 @@ mean       ``E[x | a] = 2 F(a) - 1``             pathwise (autograd)
 
 Proxies (the function whose derivative replaces that of ``sign``):
 
-============ ============================================ =========================================
+============ ============================================ ========================================
 proxy        f(a)                                         f'(a)
-============ ============================================ =========================================
-noise        ``2 F(a) - 1`` (the unit's mean)             ``2 p(a)``; logistic(1): ``2 σ(a)(1-σ(a))``
+============ ============================================ ========================================
+noise        ``2 F(a) - 1`` (the unit's mean)             ``2 p(a)``; logistic(1): ``2σ(a)(1-σ(a))``
 identity     ``a``                                        ``1``
 htanh        ``clip(a, -1, 1)``                           ``1[|a| <= 1]``
 tanh         ``tanh(a)``                                  ``1 - tanh(a)^2``
 approxsign   ``2a - a|a|`` on ``[-1, 1]``, ``±1`` outside ``2 (1 - |a|)_+``
 swishsign    ``2σ(βa)(1 + βa(1 - σ(βa))) - 1``            ``β (2 - βa tanh(βa/2)) / (1 + cosh(βa))``
-============ ============================================ =========================================
+============ ============================================ ========================================
 
 With the ``noise`` proxy the ST backward is the principled one of st_md.md §3: choosing a proxy is
 choosing the injected noise. With logistic noise of scale 1 it is the deep ST of the PSA paper.
@@ -117,8 +117,9 @@ class BinaryUnit(nn.Module):
     evaluation switch it temporarily with :func:`using_rule`.
     """
 
-    def __init__(self, noise: str | noise_lib.Noise = "logistic", scale: float = 1.0,
-                 rule: Rule | str = "st") -> None:
+    def __init__(
+        self, noise: str | noise_lib.Noise = "logistic", scale: float = 1.0, rule: Rule | str = "st"
+    ) -> None:
         super().__init__()
         self.noise = noise_lib.get(noise, scale)
         self.rule = rule if isinstance(rule, Rule) else Rule(rule)
@@ -163,6 +164,5 @@ def using_rule(model: nn.Module, rule: Rule | str) -> Iterator[None]:
     try:
         yield
     finally:
-        for u, r in zip(units, saved):
+        for u, r in zip(units, saved, strict=True):
             u.rule = r
-

@@ -8,11 +8,12 @@ A latent ``η`` (the parametrization's original tensor) defines independent weig
 * uniform noise on ``[-1, 1]``: ``E[w] = clip(η, -1, 1)``, the lazy Euclidean mirror map.
 
 Forward modes: ``sample`` (``w ~ Bernoulli``, one draw per forward pass), ``mode`` (``sign η``) and
-``mean`` (``E[w]``). In every mode the backward passes ``∂ℓ/∂w`` to ``η`` unchanged, which is the ST
-estimate of the gradient with respect to the *mean* ``E[w]``; any torch optimizer stepping on
-``η`` therefore performs mirror descent over the weight probabilities, and weight decay ``c`` on ``η``
-is the latent weight decay = ``c · KL(q ‖ uniform)`` of st_md.md §6. With ``clip`` set, the latents are
-projected to ``[-clip, clip]`` by :func:`clip_latents_` after each step (BinaryConnect).
+``mean`` (``E[w]``). In every mode the backward passes ``∂ℓ/∂w`` to ``η`` unchanged, which is
+the ST estimate of the gradient with respect to the *mean* ``E[w]``; any torch optimizer stepping
+on ``η`` therefore performs mirror descent over the weight probabilities, and weight decay ``c``
+on ``η`` is the latent weight decay = ``c · KL(q ‖ uniform)`` of st_md.md §6. With ``clip`` set,
+the latents are projected to ``[-clip, clip]`` by :func:`clip_latents_` after each step
+(BinaryConnect).
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ class BernoulliWeight(nn.Module):
     ``η = init_scale · w0 / std(w0)``.
     """
 
-    def __init__(self, noise: str | noise_lib.Noise = "logistic", scale: float = 0.5,
-                 mode: str = "sample", clip: float | None = None,
-                 init_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        noise: str | noise_lib.Noise = "logistic",
+        scale: float = 0.5,
+        mode: str = "sample",
+        clip: float | None = None,
+        init_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         self.noise = noise_lib.get(noise, scale)
         self.mode = check_weight_mode(mode)
@@ -57,7 +63,7 @@ class BernoulliWeight(nn.Module):
             w = sign(eta)
         else:
             w = self.noise.mean_fn(eta)
-        return eta + (w - eta).detach()
+        return w.detach() + (eta - eta.detach())  # value exactly w, gradient to η unchanged
 
     def right_inverse(self, w0: torch.Tensor) -> torch.Tensor:
         std = w0.detach().std() if w0.numel() > 1 else w0.detach().abs()
@@ -124,7 +130,7 @@ def using_weight_mode(model: nn.Module, mode: str) -> Iterator[None]:
     try:
         yield
     finally:
-        for p, m in zip(params, saved):
+        for p, m in zip(params, saved, strict=True):
             p.mode = m
 
 
@@ -133,8 +139,17 @@ def _plain_module(m: nn.Linear | nn.Conv2d, weight: torch.Tensor) -> nn.Module:
     if isinstance(m, nn.Linear):
         out = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
     else:
-        out = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                        m.dilation, m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)
+        out = nn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            bias=m.bias is not None,
+            padding_mode=m.padding_mode,
+        )
     out = out.to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         out.weight.copy_(weight)

@@ -19,8 +19,7 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="none")
 
 
-def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                loss_fn: LossFn | None) -> None:
+def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None) -> None:
     """Raise :class:`UserError` for a malformed batch (shape, NaN/Inf, labels out of range)."""
     if isinstance(model, SBN):
         model.check_input(x)
@@ -66,13 +65,15 @@ class Estimator:
 
     name: str = ""
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             loss_fn: LossFn | None = None) -> torch.Tensor:
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None
+    ) -> torch.Tensor:
         check_batch(model, x, y, loss_fn)
         return self.surrogate(model, x, y, loss_fn or cross_entropy)
 
-    def surrogate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  loss_fn: LossFn) -> torch.Tensor:
+    def surrogate(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def __repr__(self) -> str:

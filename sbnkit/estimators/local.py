@@ -19,8 +19,9 @@ class LocalEstimator(Estimator):
         self.name = name
         self.rule = rule
 
-    def surrogate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  loss_fn: LossFn) -> torch.Tensor:
+    def surrogate(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+    ) -> torch.Tensor:
         with using_rule(model, self.rule):
             logits = model(x)
         return mean_loss(loss_fn(logits, y), x.shape[0])

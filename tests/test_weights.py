@@ -1,0 +1,136 @@
+"""Bernoulli weights: sampling law, identity backward (mirror descent), modes, clip, binarize."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import sbnkit
+from sbnkit.errors import UserError
+from sbnkit.weights import (
+    BernoulliWeight,
+    binarize,
+    clip_latents_,
+    latent_parameters,
+    make_binary,
+    real_parameters,
+    using_weight_mode,
+)
+
+
+def test_sample_law_is_bernoulli_with_p_equal_F_eta():
+    torch.manual_seed(0)
+    p = BernoulliWeight("logistic", 0.5)
+    eta = torch.tensor([-2.0, -0.3, 0.0, 0.4, 1.5], dtype=torch.float64)
+    draws = torch.stack([p(eta) for _ in range(40_000)])
+    assert set(draws.unique().tolist()) == {-1.0, 1.0}
+    p_plus = torch.sigmoid(2 * eta)  # logistic(½): P(w = +1) = σ(2η), E[w] = tanh(η)
+    se = torch.sqrt(p_plus * (1 - p_plus) / draws.shape[0])
+    # 5 SE per coordinate: false alarm probability < 3e-6 over 5 coordinates.
+    assert ((draws == 1).double().mean(0) - p_plus).abs().le(5 * se).all()
+
+
+@pytest.mark.parametrize("mode", ["sample", "mode", "mean"])
+def test_backward_is_identity_in_every_mode(mode):
+    p = BernoulliWeight("uniform", 1.0, mode=mode)
+    eta = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(7, dtype=torch.float64)
+    (g,) = torch.autograd.grad((p(eta) * upstream).sum(), eta)
+    assert torch.equal(g, upstream)
+
+
+def test_mode_and_mean_values():
+    eta = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0], dtype=torch.float64)
+    assert torch.equal(
+        BernoulliWeight(mode="mode")(eta), torch.tensor([-1.0, -1, 1, 1, 1]).double()
+    )
+    torch.testing.assert_close(BernoulliWeight("logistic", 0.5, mode="mean")(eta), torch.tanh(eta))
+    torch.testing.assert_close(BernoulliWeight("uniform", 1.0, mode="mean")(eta), eta.clamp(-1, 1))
+
+
+def test_sgd_on_latents_is_mirror_descent_on_the_mean():
+    """One SGD step on η with the identity-ST gradient equals the mirror-descent step
+    ∇Φ(μ') = ∇Φ(μ) - ε g with the entropic map: μ' = tanh(atanh(μ) - ε g)."""
+    torch.manual_seed(0)
+    lin = make_binary(nn.Linear(4, 3, bias=False).double(), mode="mean")
+    x = torch.randn(5, 4, dtype=torch.float64)
+    mu = lin.weight.detach().clone()
+    lin(x).pow(2).sum().backward()
+    eps = 0.1
+    g = latent_parameters(lin)[0].grad.clone()
+    torch.optim.SGD(latent_parameters(lin), lr=eps).step()
+    expected = torch.tanh(torch.atanh(mu) - eps * g)
+    torch.testing.assert_close(lin.weight.detach(), expected)
+
+
+def test_latent_weight_decay_is_the_entropy_gradient():
+    """With the entropic map, ∇_μ(-H(μ)) = atanh(μ) = η: decay on η is the KL-to-uniform term."""
+    mu = torch.tensor([-0.8, -0.1, 0.3, 0.95], dtype=torch.float64, requires_grad=True)
+    p = (1 + mu) / 2
+    neg_entropy = (p * p.log() + (1 - p) * (1 - p).log()).sum()
+    (g,) = torch.autograd.grad(neg_entropy, mu)
+    torch.testing.assert_close(g, torch.atanh(mu.detach()))
+
+
+def test_clip_projects_latents():
+    lin = make_binary(nn.Linear(10, 10), clip=1.0)
+    with torch.no_grad():
+        lin.parametrizations.weight.original.mul_(100)
+    clip_latents_(lin)
+    assert lin.parametrizations.weight.original.abs().max() <= 1.0
+
+
+def test_latent_and_real_parameters_partition_the_model():
+    model = sbnkit.models.mlp([6, 5, 4, 3], norm="batch", binary_weights=True, binary_head=False)
+    latent, real = latent_parameters(model), real_parameters(model)
+    assert len(latent) == 2
+    assert {id(p) for p in latent} | {id(p) for p in real} == {id(p) for p in model.parameters()}
+    assert not {id(p) for p in latent} & {id(p) for p in real}
+
+
+def test_binarize_gives_exact_pm1_and_the_same_mode_network():
+    torch.manual_seed(0)
+    model = sbnkit.models.convnet(
+        channels=(4, 6), norm="batch", binary_weights=True, binary_head=True
+    ).eval()
+    plain = binarize(model)
+    for m in plain.modules():
+        assert not parametrize.is_parametrized(m)
+    weights = [plain.stages[0].op.weight, plain.stages[1].op.weight, plain.head.linear.weight]
+    for w in weights:
+        assert set(w.unique().tolist()) == {-1.0, 1.0}
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(
+        sbnkit.predict_proba(model, x, "mode"), sbnkit.predict_proba(plain, x, "mode")
+    )
+    assert parametrize.is_parametrized(model.stages[0].op, "weight")  # the original is untouched
+
+
+def test_using_weight_mode_restores():
+    model = sbnkit.models.mlp([3, 4, 2], binary_weights=True, weight_mode="sample")
+    with using_weight_mode(model, "mode"):
+        assert model.stages[0].op.parametrizations.weight[0].mode == "mode"
+    assert model.stages[0].op.parametrizations.weight[0].mode == "sample"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: BernoulliWeight(mode="argmax"),
+        lambda: BernoulliWeight(clip=-1.0),
+        lambda: BernoulliWeight("cauchy"),
+        lambda: make_binary(nn.ReLU()),
+    ],
+)
+def test_bad_weight_options_raise(bad):
+    with pytest.raises(UserError):
+        bad()
+
+
+def test_init_scale_sets_latent_spread():
+    torch.manual_seed(0)
+    lin = make_binary(nn.Linear(100, 100), init_scale=1.0)
+    std = float(lin.parametrizations.weight.original.detach().std())
+    assert math.isclose(std, 1.0, rel_tol=1e-5)
