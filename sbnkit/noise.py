@@ -39,6 +39,12 @@ class Noise:
         u = torch.rand_like(like).clamp_(eps, 1.0 - eps)
         return self.icdf(u)
 
+    def sample_sign(self, a: torch.Tensor) -> torch.Tensor:
+        """A sample of ``sign(a - z)`` with no gradient, drawn as ``+1`` iff ``u < F(a)``,
+        ``u ~ U[0, 1)``: the same law as subtracting a noise draw, with one uniform and one
+        ``F`` evaluation instead of an inverse CDF."""
+        return (torch.rand_like(a) < self.cdf(a)).to(a.dtype) * 2.0 - 1.0
+
     def mean_fn(self, a: torch.Tensor) -> torch.Tensor:
         """``E[sign(a - z)] = 2 F(a) - 1``: the unit's conditional mean (its ST proxy)."""
         return 2.0 * self.cdf(a) - 1.0
@@ -75,7 +81,7 @@ class Logistic(Noise):
         return s * (1.0 - s) / self.scale
 
     def log_cdf(self, t: torch.Tensor) -> torch.Tensor:
-        return F.logsigmoid(t / self.scale)
+        return -F.softplus(-t / self.scale)
 
     def icdf(self, u: torch.Tensor) -> torch.Tensor:
         return self.scale * (torch.log(u) - torch.log1p(-u))

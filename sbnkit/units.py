@@ -71,13 +71,16 @@ def proxy_grad(name: str, a: torch.Tensor, noise: noise_lib.Noise, beta: float) 
 
 
 class SignWithProxy(torch.autograd.Function):
-    """Forward ``sign(a - z)`` (``z = None`` means ``z = 0``); backward ``grad · f'(a)``."""
+    """Forward: the given ``±1`` states ``x`` (a sample or ``sign(a)``).
+
+    Backward: ``grad · f'(a)``.
+    """
 
     @staticmethod
-    def forward(ctx, a, z, grad_fn):  # type: ignore[override]
+    def forward(ctx, a, x, grad_fn):  # type: ignore[override]
         ctx.save_for_backward(a)
         ctx.grad_fn = grad_fn
-        return sign(a if z is None else a - z)
+        return x.clone()
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -126,7 +129,7 @@ class BinaryUnit(nn.Module):
 
     def sample(self, a: torch.Tensor) -> torch.Tensor:
         """A sample ``sign(a - z)`` with no gradient."""
-        return sign(a - self.noise.sample(a))
+        return self.noise.sample_sign(a.detach())
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         rule = self.rule
@@ -139,10 +142,10 @@ class BinaryUnit(nn.Module):
         def grad_fn(t: torch.Tensor) -> torch.Tensor:
             return proxy_grad(proxy, t, noise, beta)
 
-        z = self.noise.sample(a) if rule.kind == "st" else None
+        x = self.sample(a) if rule.kind == "st" else sign(a.detach())
         if not a.requires_grad:
-            return sign(a if z is None else a - z)
-        return SignWithProxy.apply(a, z, grad_fn)
+            return x
+        return SignWithProxy.apply(a, x, grad_fn)
 
     def extra_repr(self) -> str:
         return f"noise={self.noise!r}, rule={self.rule}"

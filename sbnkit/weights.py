@@ -58,7 +58,7 @@ class BernoulliWeight(nn.Module):
 
     def forward(self, eta: torch.Tensor) -> torch.Tensor:
         if self.mode == "sample":
-            w = sign(eta - self.noise.sample(eta))
+            w = self.noise.sample_sign(eta.detach())
         elif self.mode == "mode":
             w = sign(eta)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import UserError
-from . import local
+from . import adf, exact, local, psa, score
 from .base import Estimator, check_batch, cross_entropy
 
 _REGISTRY: dict[str, Callable[..., Estimator]] = {
@@ -18,6 +18,12 @@ _REGISTRY: dict[str, Callable[..., Estimator]] = {
     "det_st": local.det_st,
     "concrete": local.concrete,
     "mean": local.mean,
+    "exact": exact.exact,
+    "psa": psa.psa,
+    "reinforce": score.reinforce,
+    "arm": score.arm,
+    "adf": adf.adf,
+    "local_reparam": adf.local_reparam,
 }
 
 

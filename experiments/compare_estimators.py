@@ -1,0 +1,95 @@
+"""Train Fashion-MNIST SBNs with each estimator and tabulate the results (issue 3 §5).
+
+Runs ``sbnkit train`` for every (architecture, seed, estimator) with the same epoch budget and
+writes ``OUT/summary.json`` and ``OUT/summary.md`` after every run, so a partial sweep is usable.
+
+    python experiments/compare_estimators.py [--out runs/compare] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ESTIMATORS = ("psa", "st", "hard_st", "concrete", "reinforce", "adf")
+PLAN = (("mlp", 1), ("conv", 1), ("mlp", 2), ("mlp", 3))  # mlp: 3 seeds, conv: 1 seed
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_one(arch: str, seed: int, estimator: str, out: Path, extra: list[str]) -> dict:
+    """Train one configuration (reusing a finished run) and return its metrics."""
+    run_dir = out / f"{arch}-s{seed}-{estimator}"
+    metrics = run_dir / "metrics.json"
+    if not metrics.exists():
+        cmd = [
+            sys.executable,
+            "-m",
+            "sbnkit",
+            "train",
+            str(ROOT / "configs/compare" / f"{arch}.toml"),
+            f"estimator.name={estimator}",
+            f"train.seed={seed}",
+            *extra,
+            "--out",
+            str(run_dir),
+        ]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(metrics.read_text())
+
+
+def _cell(rows: list[dict], key: str, scale: float = 100.0, digits: int = 2) -> str:
+    """Mean (± standard deviation over seeds) of ``key`` in ``rows``."""
+    vals = [r[key] * scale for r in rows]
+    mean = statistics.fmean(vals)
+    if len(vals) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def summarise(results: list[dict]) -> str:
+    """A markdown table: mean ± spread over seeds per architecture and estimator."""
+    lines = [
+        "| model | estimator | seeds | test acc (mode) | test acc (1 sample) | "
+        "test acc (16-sample ens.) | test NLL (ens.) | s/epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arch in ("mlp", "conv"):
+        for est in ESTIMATORS:
+            rows = [r for r in results if r["arch"] == arch and r["estimator"] == est]
+            if not rows:
+                continue
+
+            per_epoch = statistics.fmean(r["train_seconds"] / r["epochs"] for r in rows)
+            lines.append(
+                f"| {arch} | {est} | {len(rows)} | {_cell(rows, 'test_acc')} | "
+                f"{_cell(rows, 'test_acc_sample')} | {_cell(rows, 'test_acc_ensemble')} | "
+                f"{_cell(rows, 'test_nll', 1.0, 3)} | {per_epoch:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/compare")
+    parser.add_argument("--quick", action="store_true", help="1 epoch, mlp seed 1 only")
+    args = parser.parse_args()
+    extra = ["train.epochs=1"] if args.quick else []
+    plan = PLAN[:1] if args.quick else PLAN
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for arch, seed in plan:
+        for est in ESTIMATORS:
+            metrics = run_one(arch, seed, est, args.out, extra)
+            results.append({"arch": arch, "seed": seed, "estimator": est, **metrics})
+            (args.out / "summary.json").write_text(json.dumps(results, indent=1))
+            (args.out / "summary.md").write_text(summarise(results))
+            print(f"{arch} seed {seed} {est}: test acc {metrics['test_acc']:.4f}", flush=True)
+    print(summarise(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""PSA flip-difference kernels: ``Σ_j G_j (σ(a_j - 2 W_ji x_i) - σ(a_j))`` for ``±1`` inputs ``x``.
+
+Kernels (each with a dense and a conv2d function, same formulas, see :mod:`.reference`):
+
+* ``reference`` — broadcasting / unfold-fold, chunked; any device and dtype; slow.
+* ``fused`` — exact numba CPU kernel, one division per term (non-CPU: the reference).
+* ``series`` — order-N Taylor series in W as N transposed GEMMs/convs; error ≤ ``tol`` relative
+  to the terms (or a forced ``order``); :class:`SeriesUnsupportedError` if ``max 2|W|`` is too
+  large for ``N ≤ N_MAX = 12``.
+* ``auto`` — an explicit ``order`` selects ``series``. Otherwise, off the CPU: ``series`` when it
+  is supported, else ``reference``. On the CPU: ``series`` when it is supported and its estimated
+  cost is below the fused kernel's, else ``fused``.
+
+The CPU cost model, in units of one multiply-add of a GEMM/conv (``M = B·H'·W'`` output
+positions, ``fan_in = C_in·K²``, ``terms = M·C_out·fan_in``)::
+
+    fused  = FUSED_COST · terms                                       (one division per term)
+    series = N · terms · (1 + POWER_COST / M + ELEM_COST / fan_in)    (N transposed ops, the
+                                                                       Wⁿ and the G ⊙ c_n(a))
+
+so the series is chosen iff ``N (1 + 100/M + 25/fan_in) < 12``. The constants are single-thread
+CPU-time measurements (``benchmarks/bench_kernels.py --threads 1 --cpu-time`` and forced orders;
+``BENCHMARKS.md``): the fused kernel runs 6-18x the time of the matching ``conv2d_input`` (10-18x
+on stride-1 convs, where torch's conv is efficient; 6-10x on stride-2 ones), one series order
+about 1x; forming ``Wⁿ`` costs ~100 multiply-adds per weight (it matters for small batches of
+dense layers, where the GEMM itself is cheap). Hence on the CIFAR_S1 convs the series (auto N =
+5-7 for trained-like weights at ``tol = 1e-3``) is 1.5-2.5x faster than fused, the crossover is
+at N ≈ 10-11, and a 1024x1024 dense layer at batch 64 prefers fused beyond N = 4.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sbnkit.errors import UserError
+
+from .fused import flip_delta_conv2d_fused, flip_delta_dense_fused
+from .reference import (
+    check_conv2d,
+    check_dense,
+    flip_delta_conv2d_reference,
+    flip_delta_dense_reference,
+)
+from .series import (
+    N_MAX,
+    SeriesUnsupportedError,
+    _max_step,
+    flip_delta_conv2d_series,
+    flip_delta_dense_series,
+    remainder_bounds,
+    select_order,
+    series_supported,
+)
+
+KERNELS = ("auto", "reference", "fused", "series")
+
+__all__ = [
+    "KERNELS",
+    "N_MAX",
+    "SeriesUnsupportedError",
+    "choose_kernel",
+    "flip_delta_conv2d",
+    "flip_delta_conv2d_fused",
+    "flip_delta_conv2d_reference",
+    "flip_delta_conv2d_series",
+    "flip_delta_dense",
+    "flip_delta_dense_fused",
+    "flip_delta_dense_reference",
+    "flip_delta_dense_series",
+    "remainder_bounds",
+    "select_order",
+    "series_supported",
+]
+
+
+def _check_name(kernel: str) -> None:
+    if kernel not in KERNELS:
+        known = ", ".join(KERNELS)
+        raise UserError(f"unknown flip-difference kernel {kernel!r}; known kernels: {known}")
+
+
+FUSED_COST = 14.0
+POWER_COST = 80.0
+ELEM_COST = 25.0
+
+
+def _series_cheaper(order: int, a: torch.Tensor, W: torch.Tensor) -> bool:
+    """The CPU cost model of the module docstring."""
+    positions = a.numel() // max(1, a.shape[1])
+    fan_in = W.numel() // max(1, W.shape[0])
+    if positions == 0 or fan_in == 0:
+        return True
+    return order * (1 + POWER_COST / positions + ELEM_COST / fan_in) < FUSED_COST
+
+
+def choose_kernel(
+    a: torch.Tensor,
+    W: torch.Tensor,
+    kernel: str = "auto",
+    tol: float = 1e-3,
+    order: int | None = None,
+) -> str:
+    """The kernel that ``kernel`` resolves to for pre-activations ``a`` and weights ``W``."""
+    _check_name(kernel)
+    if kernel != "auto":
+        return kernel
+    if order is not None:
+        return "series"
+    n = select_order(_max_step(W), tol)
+    if W.device.type != "cpu":
+        return "reference" if n is None else "series"
+    return "series" if n is not None and _series_cheaper(n, a, W) else "fused"
+
+
+def flip_delta_dense(
+    G: torch.Tensor,
+    a: torch.Tensor,
+    W: torch.Tensor,
+    x: torch.Tensor,
+    kernel: str = "auto",
+    tol: float = 1e-3,
+    order: int | None = None,
+) -> torch.Tensor:
+    """``g[b,i] = Σ_j G[b,j] (σ(a[b,j] - 2 W[j,i] x[b,i]) - σ(a[b,j]))``, shape ``[B, n_in]``.
+
+    ``G, a: [B, n_out]``, ``W: [n_out, n_in]``, ``x: [B, n_in]`` with entries ±1. ``tol`` and
+    ``order`` apply to the series kernel only.
+    """
+    _check_name(kernel)
+    check_dense(G, a, W, x)
+    name = choose_kernel(a, W, kernel, tol, order)
+    if name == "series":
+        return flip_delta_dense_series(G, a, W, x, tol, order)
+    if name == "fused":
+        return flip_delta_dense_fused(G, a, W, x)
+    return flip_delta_dense_reference(G, a, W, x)
+
+
+def flip_delta_conv2d(
+    G: torch.Tensor,
+    a: torch.Tensor,
+    W: torch.Tensor,
+    x: torch.Tensor,
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int],
+    kernel: str = "auto",
+    tol: float = 1e-3,
+    order: int | None = None,
+) -> torch.Tensor:
+    """Conv flip difference (cross-correlation, zero padding), shape of ``x``: ``[B, C_in, H, W]``.
+
+    ``g[b,r,h,w] = Σ G[b,c,oh,ow] (σ(a[b,c,oh,ow] - 2 W[c,r,kh,kw] x[b,r,h,w]) - σ(a[b,c,oh,ow]))``
+    over ``c`` and ``(oh, ow, kh, kw)`` with ``oh·s - p + kh = h``, ``ow·s - p + kw = w``;
+    ``G, a: [B, C_out, H', W']``, ``W: [C_out, C_in, K, K]``.
+    """
+    _check_name(kernel)
+    check_conv2d(G, a, W, x, stride, padding)
+    name = choose_kernel(a, W, kernel, tol, order)
+    if name == "series":
+        return flip_delta_conv2d_series(G, a, W, x, stride, padding, tol, order)
+    if name == "fused":
+        return flip_delta_conv2d_fused(G, a, W, x, stride, padding)
+    return flip_delta_conv2d_reference(G, a, W, x, stride, padding)

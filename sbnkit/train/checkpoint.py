@@ -1,0 +1,84 @@
+"""Checkpoints: the model's ``state_dict`` plus the run's config and metrics as JSON strings.
+
+They are written atomically (a temporary file in the same folder, then ``os.replace``) and read
+with ``torch.load(..., weights_only=True)`` only, so a file holding arbitrary pickled objects is
+refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+FORMAT = "sbnkit-checkpoint"
+VERSION = 1
+
+
+def save(
+    path: str | os.PathLike,
+    model: nn.Module,
+    config: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model``'s weights with ``config`` and ``metrics`` (primitives) to ``path``."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": json.dumps(config, sort_keys=True),
+        "metrics": json.dumps(metrics or {}, sort_keys=True),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"config": dict, "metrics": dict, "state_dict": dict}`` from the checkpoint ``path``."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist; pass the model.pt of a run") from None
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"refusing to load {path}: it is not a weights-only checkpoint written by sbnkit "
+            "(pickled objects other than tensors and plain data are never loaded)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a readable sbnkit checkpoint ({first})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not an sbnkit checkpoint; pass the model.pt of a run")
+    if payload.get("version") != VERSION:
+        raise UserError(
+            f"checkpoint {path} has version {payload.get('version')!r}; this sbnkit reads "
+            f"version {VERSION}"
+        )
+    try:
+        config = json.loads(payload["config"])
+        metrics = json.loads(payload["metrics"])
+        state = payload["state_dict"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise UserError(f"checkpoint {path} is incomplete or damaged; re-run training") from None
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} is incomplete or damaged; re-run training")
+    return {"config": config, "metrics": metrics, "state_dict": state}

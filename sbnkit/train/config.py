@@ -1,0 +1,371 @@
+"""The TOML schema of a training run, its validation and ``key=value`` overrides.
+
+Sections and keys (defaults in parentheses)::
+
+    [model]           name (mlp) | convnet | cifar_s1; hidden ([1024, 1024], mlp hidden sizes);
+                      channels ([32, 64, 128], convnet); norm (batch) | affine | none;
+                      binary_weights (true); binary_first (true); binary_head (false);
+                      noise (logistic); noise_scale (1.0); weight_noise (logistic);
+                      weight_noise_scale (0.5); weight_mode (sample) | mode | mean;
+                      latent_clip (0 = none); init (default) | data
+    [estimator]       name (st); [estimator.options]: keyword options of the estimator
+    [optim.latent]    optimizer of the Bernoulli latents: name (adam) | sgd; lr (0.01);
+                      momentum (0.9, sgd); nesterov (false); weight_decay (0 = latent weight
+                      decay, i.e. KL to the uniform prior)
+    [optim.real]      optimizer of all other parameters, same keys; lr (0.001)
+    [train]           epochs (10); batch_size (100); lr_schedule (cosine) | constant | step;
+                      lr_step_epochs (10) and lr_gamma (0.1) for step; seed (1);
+                      grad_clip (0 = off, else clamp each gradient entry); threads (2)
+    [data]            name (fashion_mnist); val_fraction (0); augment (none) | flip | crop |
+                      flipcrop; crop_padding (4); standardize (true); root ("" = default lookup)
+    [eval]            samples (16, ensemble size K); batch_size (2000)
+
+Unknown keys, wrong types and bad values raise :class:`~sbnkit.errors.UserError` naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .. import data as data_lib
+from .. import estimators
+from ..errors import UserError
+from ..models import MODELS
+from ..noise import NOISES
+from ..weights import WEIGHT_MODES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+INITS = ("default", "data")
+NORMS = ("batch", "affine", "none")
+
+
+@dataclass
+class ModelConfig:
+    """``[model]``: the architecture and its binary units and weights."""
+
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [1024, 1024])
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    norm: str = "batch"
+    binary_weights: bool = True
+    binary_first: bool = True
+    binary_head: bool = False
+    noise: str = "logistic"
+    noise_scale: float = 1.0
+    weight_noise: str = "logistic"
+    weight_noise_scale: float = 0.5
+    weight_mode: str = "sample"
+    latent_clip: float = 0.0
+    init: str = "default"
+
+
+@dataclass
+class EstimatorConfig:
+    """``[estimator]``: a registered gradient estimator and its options."""
+
+    name: str = "st"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    """``[optim.latent]`` / ``[optim.real]``: one torch optimizer."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """``[optim]``: separate optimizers for the Bernoulli latents and the real parameters."""
+
+    latent: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=0.01))
+    real: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+
+@dataclass
+class TrainConfig:
+    """``[train]``: the loop."""
+
+    epochs: int = 10
+    batch_size: int = 100
+    lr_schedule: str = "cosine"
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    seed: int = 1
+    grad_clip: float = 0.0
+    threads: int = 2
+
+
+@dataclass
+class DataConfig:
+    """``[data]``: the data set, validation split and augmentation."""
+
+    name: str = "fashion_mnist"
+    val_fraction: float = 0.0
+    augment: str = "none"
+    crop_padding: int = 4
+    standardize: bool = True
+    root: str = ""
+
+
+@dataclass
+class EvalConfig:
+    """``[eval]``: the final evaluation."""
+
+    samples: int = 16
+    batch_size: int = 2000
+
+
+@dataclass
+class Config:
+    """A whole training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as nested dicts of primitives."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The config as a JSON string."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_toml(self) -> str:
+        """The config as TOML text that :func:`parse_config` reads back to an equal config."""
+        return dump_toml(self.to_dict())
+
+
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a table",
+}
+
+
+def _describe(value: Any) -> str:
+    kind = next((n for t, n in _TYPE_NAMES.items() if type(value) is t), None)
+    if isinstance(value, list):
+        kind = "an array"
+    return f"{value!r}" + (f" ({kind})" if kind else "")
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{key} must be a table [{key}], got {_describe(value)}")
+        return _build(tp, value, key + ".")
+    if get_origin(tp) is list:
+        (item,) = get_args(tp)
+        if not isinstance(value, list) or not all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value
+        ):
+            raise UserError(f"{key} must be an array of integers, got {_describe(value)}")
+        return list(value)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        dict: isinstance(value, dict),
+    }[tp]
+    if not ok:
+        raise UserError(f"{key} must be {_TYPE_NAMES[tp]}, got {_describe(value)}")
+    if tp is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"{key} must be finite, got {value!r}")
+    if tp is dict:
+        for k, v in value.items():
+            if isinstance(v, dict):
+                raise UserError(f"{key}.{k} must be a plain value, got a table")
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    for k in raw:
+        if k not in known:
+            what = f"section [{prefix}{k}]" if isinstance(raw[k], dict) else f"key {prefix}{k}"
+            close = difflib.get_close_matches(k, known, n=1, cutoff=0.5)
+            hint = (
+                f"did you mean {prefix}{close[0]}?"
+                if close
+                else (f"valid keys: {', '.join(prefix + n for n in known)}")
+            )
+            raise UserError(f"unknown {what}; {hint}")
+    return cls(**{k: _convert(hints[k], v, prefix + k) for k, v in raw.items()})
+
+
+def _choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise UserError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(
+            f"{key} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}"
+        )
+
+
+def check(cfg: Config) -> Config:
+    """Raise :class:`UserError` for values out of range or unknown names; return ``cfg``."""
+    m, t, d, e = cfg.model, cfg.train, cfg.data, cfg.eval
+    _choice("model.name", m.name, sorted(MODELS))
+    _choice("model.norm", m.norm, NORMS)
+    _choice("model.noise", m.noise, list(NOISES))
+    _choice("model.weight_noise", m.weight_noise, list(NOISES))
+    _choice("model.weight_mode", m.weight_mode, WEIGHT_MODES)
+    _choice("model.init", m.init, INITS)
+    for key, sizes in (("model.hidden", m.hidden), ("model.channels", m.channels)):
+        if not sizes or any(s < 1 for s in sizes):
+            raise UserError(f"{key} must be a non-empty array of positive integers, got {sizes}")
+    _positive("model.noise_scale", m.noise_scale)
+    _positive("model.weight_noise_scale", m.weight_noise_scale)
+    _positive("model.latent_clip", m.latent_clip, allow_zero=True)
+    estimators.get(cfg.estimator.name, **cfg.estimator.options)
+    for which in ("latent", "real"):
+        o: OptimizerConfig = getattr(cfg.optim, which)
+        _choice(f"optim.{which}.name", o.name, OPTIMIZERS)
+        _positive(f"optim.{which}.lr", o.lr)
+        _positive(f"optim.{which}.weight_decay", o.weight_decay, allow_zero=True)
+        if not 0.0 <= o.momentum < 1.0:
+            raise UserError(f"optim.{which}.momentum must lie in [0, 1), got {o.momentum!r}")
+        if o.nesterov and (o.name != "sgd" or o.momentum == 0):
+            raise UserError(f'optim.{which}.nesterov needs name = "sgd" and momentum > 0')
+    for key, value in (
+        ("train.epochs", t.epochs),
+        ("train.batch_size", t.batch_size),
+        ("train.lr_step_epochs", t.lr_step_epochs),
+        ("train.threads", t.threads),
+        ("eval.samples", e.samples),
+        ("eval.batch_size", e.batch_size),
+    ):
+        _positive(key, value)
+    _choice("train.lr_schedule", t.lr_schedule, SCHEDULES)
+    _positive("train.lr_gamma", t.lr_gamma)
+    _positive("train.grad_clip", t.grad_clip, allow_zero=True)
+    _choice("data.name", d.name, data_lib.names())
+    _choice("data.augment", d.augment, data_lib.AUGMENTS)
+    _positive("data.crop_padding", d.crop_padding, allow_zero=True)
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise UserError(f"data.val_fraction must lie in [0, 1), got {d.val_fraction!r}")
+    if d.augment != "none" and len(data_lib.get(d.name).input_shape) != 3:
+        raise UserError(f"data.augment = {d.augment!r} needs image data; {d.name} is not")
+    if m.name != "mlp" and len(data_lib.get(d.name).input_shape) != 3:
+        raise UserError(f'model {m.name!r} needs image data; use model.name = "mlp" for {d.name}')
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """A validated :class:`Config` from nested dicts (e.g. parsed TOML)."""
+    return check(_build(Config, raw, ""))
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` → ``(["a", "b"], value)``; the value is TOML, or a bare word as a string."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(_KEY.fullmatch(p) for p in parts):
+        raise UserError(f"bad override {text!r}; write section.key=value, e.g. train.epochs=5")
+    value = value.strip()
+    try:
+        parsed = tomllib.loads(f"v = {value}")
+    except tomllib.TOMLDecodeError:
+        if not _BARE.fullmatch(value):
+            raise UserError(
+                f"bad override value in {text!r}; use a TOML value (quote strings: key='text')"
+            ) from None
+        return parts, value
+    if list(parsed) != ["v"]:
+        raise UserError(f"bad override value in {text!r}; give exactly one TOML value")
+    return parts, parsed["v"]
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``raw`` with each ``key=value`` of ``overrides`` set (tables created as needed)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, p in enumerate(parts[:-1]):
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"bad override {text!r}: {'.'.join(parts[: i + 1])} is not a table")
+        node[parts[-1]] = value
+    return raw
+
+
+def parse_config(text: str, overrides: list[str] | None = None, source: str = "config") -> Config:
+    """A validated :class:`Config` from TOML ``text`` and command-line ``overrides``."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = " ".join(str(exc).split())
+        raise UserError(f"malformed TOML in {source}: {msg}") from None
+    return config_from_dict(apply_overrides(raw, list(overrides or [])))
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """:func:`parse_config` of the TOML file ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config {path} is not UTF-8 text; save it as UTF-8 TOML") from None
+    return parse_config(text, overrides, str(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as a TOML value")
+
+
+def dump_toml(tree: dict[str, Any], prefix: str = "") -> str:
+    """Nested dicts of primitives as TOML text (plain keys first, then one section per table)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in tree.items() if not isinstance(v, dict)]
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            name = prefix + k
+            body = dump_toml(v, name + ".")
+            if any(not isinstance(x, dict) for x in v.values()) or not v:
+                out += f"\n[{name}]\n"
+            out += body
+    return out

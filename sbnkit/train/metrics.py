@@ -1,0 +1,52 @@
+"""Test-set metrics of an SBN in its three evaluation modes."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from ..data import Batches
+from ..inference import evaluate_batches
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mode: str = "mode",
+    samples: int = 16,
+    batch_size: int = 2000,
+) -> dict[str, float]:
+    """``{"acc", "nll"}`` of ``model`` on ``(x, y)`` in evaluation ``mode``."""
+    return evaluate_batches(model, Batches(x, y, batch_size), mode, samples)
+
+
+def final_metrics(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    samples: int,
+    batch_size: int,
+    prefix: str = "test",
+) -> dict[str, float | int]:
+    """Accuracy and NLL of the mode network, one sample and the ``samples``-sample ensemble.
+
+    ``{prefix}_acc`` / ``{prefix}_nll_mode`` are the mode network's; ``{prefix}_nll`` is the
+    ensemble's NLL.
+    """
+    start = time.perf_counter()
+    mode = evaluate(model, x, y, "mode", samples, batch_size)
+    one = evaluate(model, x, y, "sample", samples, batch_size)
+    ens = evaluate(model, x, y, "ensemble", samples, batch_size)
+    return {
+        f"{prefix}_acc": mode["acc"],
+        f"{prefix}_nll_mode": mode["nll"],
+        f"{prefix}_acc_sample": one["acc"],
+        f"{prefix}_nll_sample": one["nll"],
+        f"{prefix}_acc_ensemble": ens["acc"],
+        f"{prefix}_nll": ens["nll"],
+        "ensemble_samples": samples,
+        "eval_seconds": round(time.perf_counter() - start, 3),
+    }

@@ -1,0 +1,282 @@
+"""The ``sbnkit`` command line: an end-to-end run, evaluate, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sbnkit import cli
+from sbnkit.data.idx import write_idx
+
+TINY = """
+[model]
+hidden = [16]
+[train]
+epochs = 1
+batch_size = 20
+threads = 1
+[eval]
+samples = 2
+batch_size = 50
+"""
+
+
+def fake_fmnist(folder: Path, n_train: int = 60, n_test: int = 30) -> Path:
+    """A tiny IDX data set with the Fashion-MNIST file names (gzipped) in ``folder``."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, np.uint8))
+    return folder
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "sbnkit", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_train_and_evaluate_end_to_end(tmp_path, monkeypatch, capsys):
+    data = fake_fmnist(tmp_path / "data")
+    (tmp_path / "tiny.toml").write_text(TINY)
+    env = {"SBNKIT_DATA": str(data)}
+    result = run_cli("train", "tiny.toml", "model.norm=affine", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "runs" / "tiny"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.toml",
+        "log.jsonl",
+        "metrics.json",
+        "model.pt",
+    ]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
+    lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
+    assert len(lines) == 1
+    assert {"epoch", "train_loss", "test_acc", "seconds", "lr_latent", "lr_real"} <= set(lines[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "test_acc",
+        "test_acc_sample",
+        "test_acc_ensemble",
+        "test_nll",
+        "test_nll_mode",
+        "ensemble_samples",
+        "epochs",
+        "seconds",
+    ):
+        assert key in metrics
+    assert metrics["ensemble_samples"] == 2 and metrics["epochs"] == 1
+    assert f"{metrics['test_acc']:.4f}" in result.stdout
+    assert "test accuracy (ensemble K=2)" in result.stdout
+    assert "model.norm" not in (out / "config.toml").read_text()
+    assert 'norm = "affine"' in (out / "config.toml").read_text()
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert state["format"] == "sbnkit-checkpoint"
+
+    result = run_cli("evaluate", str(out / "model.pt"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"test accuracy (mode network): {metrics['test_acc']:.4f}  "
+        f"NLL {metrics['test_nll_mode']:.4f}"
+    )
+    monkeypatch.setenv("SBNKIT_DATA", str(data))
+    assert (
+        cli.main(["evaluate", str(out / "model.pt"), "--mode", "ensemble", "--samples", "3"]) == 0
+    )
+    assert "ensemble K=3" in capsys.readouterr().out
+
+    # A second run into the same folder replaces it, again through a temporary sibling.
+    assert (
+        cli.main(["train", str(tmp_path / "tiny.toml"), "train.epochs=2", "--out", str(out)]) == 0
+    )
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
+
+
+def test_sigterm_removes_the_half_written_run(tmp_path):
+    data = fake_fmnist(tmp_path / "data")
+    (tmp_path / "tiny.toml").write_text(TINY.replace("epochs = 1", "epochs = 100000"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sbnkit", "train", "tiny.toml"],
+        cwd=tmp_path,
+        env={**os.environ, "SBNKIT_DATA": str(data)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    runs = tmp_path / "runs"
+    deadline = time.monotonic() + 120
+    while not (runs.exists() and any(runs.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.terminate()
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and stdout == b""
+    assert not runs.exists()
+
+
+class Evil:
+    """Unpickling this would run code; a weights-only loader must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("executed",))
+
+
+def _bad_cases(tmp: Path) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(id, argv, env) of bad command lines; every one must fail cleanly."""
+    data = fake_fmnist(tmp / "data")
+    corrupt = tmp / "corrupt"
+    corrupt.mkdir()
+    for f in data.iterdir():
+        (corrupt / f.name).write_bytes(f.read_bytes())
+    blob = (corrupt / "train-images-idx3-ubyte.gz").read_bytes()
+    (corrupt / "train-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) // 2])
+    labels = fake_fmnist(tmp / "labels")
+    write_idx(labels / "t10k-labels-idx1-ubyte.gz", np.full(30, 12, np.uint8))
+    (tmp / "empty").mkdir()
+    (tmp / "tiny.toml").write_text(TINY)
+    (tmp / "broken.toml").write_text("[model\nname = 'mlp'\n")
+    (tmp / "notes.txt").write_text("not a checkpoint")
+    (tmp / "evil.pt").write_bytes(pickle.dumps(Evil(), protocol=4))
+    (tmp / "afile").write_text("")
+    cfg = str(tmp / "tiny.toml")
+    ok = {"SBNKIT_DATA": str(data)}
+    return [
+        ("unknown-estimator", ["train", cfg, "estimator.name=magic"], ok),
+        ("unknown-noise", ["train", cfg, "model.noise=cauchy"], ok),
+        ("unknown-weight-mode", ["train", cfg, "model.weight_mode=median"], ok),
+        ("unknown-model", ["train", cfg, "model.name=resnet"], ok),
+        ("malformed-toml", ["train", str(tmp / "broken.toml")], ok),
+        ("unknown-key", ["train", cfg, "train.epoch=3"], ok),
+        ("wrong-type", ["train", cfg, "train.epochs='3'"], ok),
+        ("bad-override", ["train", cfg, "train.epochs"], ok),
+        ("bad-override-value", ["train", cfg, "model.hidden=[3,"], ok),
+        ("missing-config", ["train", str(tmp / "nope.toml")], ok),
+        ("missing-data", ["train", cfg, f"data.root='{tmp / 'empty'}'"], ok),
+        ("corrupt-data", ["train", cfg], {"SBNKIT_DATA": str(corrupt)}),
+        ("labels-out-of-range", ["train", cfg], {"SBNKIT_DATA": str(labels)}),
+        ("out-is-a-file", ["train", cfg, "--out", str(tmp / "afile")], ok),
+        ("out-is-not-a-run", ["train", cfg, "--out", str(tmp)], ok),
+        ("unknown-option", ["train", cfg, "--epochs", "3"], ok),
+        ("no-command", [], ok),
+        ("unknown-command", ["fly"], ok),
+        ("evaluate-missing", ["evaluate", str(tmp / "none.pt")], ok),
+        ("evaluate-not-checkpoint", ["evaluate", str(tmp / "notes.txt")], ok),
+        ("evaluate-pickled-object", ["evaluate", str(tmp / "evil.pt")], ok),
+        ("evaluate-bad-mode", ["evaluate", str(tmp / "notes.txt"), "--mode", "best"], ok),
+        ("evaluate-bad-samples", ["evaluate", str(tmp / "notes.txt"), "--samples", "0"], ok),
+    ]
+
+
+@pytest.fixture
+def bad_cases(tmp_path):
+    cases = {case_id: (argv, env) for case_id, argv, env in _bad_cases(tmp_path)}
+    assert sorted(cases) == sorted(CASE_IDS)
+    return cases
+
+
+CASE_IDS = [
+    "unknown-estimator",
+    "unknown-noise",
+    "unknown-weight-mode",
+    "unknown-model",
+    "malformed-toml",
+    "unknown-key",
+    "wrong-type",
+    "bad-override",
+    "bad-override-value",
+    "missing-config",
+    "missing-data",
+    "corrupt-data",
+    "labels-out-of-range",
+    "out-is-a-file",
+    "out-is-not-a-run",
+    "unknown-option",
+    "no-command",
+    "unknown-command",
+    "evaluate-missing",
+    "evaluate-not-checkpoint",
+    "evaluate-pickled-object",
+    "evaluate-bad-mode",
+    "evaluate-bad-samples",
+]
+
+
+def _assert_clean_failure(code: int, stderr: str, out: Path) -> None:
+    lines = stderr.splitlines()
+    assert code == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("sbnkit: error: "), stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    if out.parent.exists():
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_bad_input_in_process(case_id, bad_cases, tmp_path, monkeypatch, capsys):
+    argv, env = bad_cases[case_id]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "runs" / "out"
+    if argv and argv[0] == "train" and "--out" not in argv:
+        argv = [*argv, "--out", str(out)]
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    _assert_clean_failure(code, captured.err, out)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("case_id", ["corrupt-data", "evaluate-pickled-object"])
+def test_bad_input_subprocess(case_id, bad_cases, tmp_path):
+    argv, env = bad_cases[case_id]
+    result = run_cli(*argv, env=env, cwd=tmp_path)
+    _assert_clean_failure(result.returncode, result.stderr, tmp_path / "runs" / "tiny")
+    assert result.stdout == ""
+
+
+def test_gradeval_is_forwarded(monkeypatch, capsys):
+    calls = []
+    module = type(sys)("sbnkit.gradeval")
+    module.cli_main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "sbnkit.gradeval", module)
+    assert cli.main(["gradeval", "--methods", "st", "--help"]) == 0
+    assert calls == [["--methods", "st", "--help"]]
+
+
+def test_gradeval_missing(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sbnkit.gradeval", None)
+    assert cli.main(["gradeval"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sbnkit: error: the gradeval command is not available")
+
+
+def test_real_bugs_still_raise(monkeypatch):
+    def broken(cfg):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "prepare", broken)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(
+            [
+                "train",
+                str(Path(__file__).parent.parent / "configs" / "fmnist_default.toml"),
+                "--out",
+                "/nonexistent/never",
+            ]
+        )

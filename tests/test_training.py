@@ -1,0 +1,174 @@
+"""The training loop on the toy set, LR schedules, and checkpoint round trips."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from sbnkit import UserError
+from sbnkit.inference import predict_proba
+from sbnkit.train import build_model, checkpoint, fit, parse_config, prepare
+from sbnkit.train.loop import _lr_factor
+from sbnkit.weights import latent_parameters
+
+TOY = """
+[model]
+hidden = [32, 32]
+norm = "batch"
+binary_first = false
+[optim.latent]
+lr = 0.05
+[optim.real]
+lr = 0.01
+[train]
+epochs = 15
+batch_size = 20
+threads = 1
+[data]
+name = "toy2d"
+[eval]
+samples = 8
+"""
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fit_learns_the_toy_set(tmp_path):
+    run = prepare(parse_config(TOY))
+    assert set(run.optimizers) == {"latent", "real"}
+    assert run.optimizers["latent"].param_groups[0]["params"] == latent_parameters(run.model)
+    metrics = fit(run, tmp_path, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(1, 16))
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert log[0]["lr_latent"] == pytest.approx(0.05) and log[-1]["lr_latent"] < 0.005
+    assert metrics["test_acc_ensemble"] > 0.65 and metrics["test_acc"] > 0.6
+    assert metrics["ensemble_samples"] == 8 and metrics["epochs"] == 15
+    assert 0 < metrics["test_nll"] < 0.65
+
+
+def test_fit_is_reproducible(tmp_path):
+    text = TOY.replace("epochs = 15", "epochs = 2")
+    first = fit(prepare(parse_config(text)), tmp_path, progress=False)
+    second = fit(prepare(parse_config(text)), tmp_path, progress=False)
+    for key in ("test_acc", "test_nll_mode", "test_acc_ensemble"):
+        assert first[key] == second[key]
+
+
+def test_options_val_split_clip_sgd_and_data_init(tmp_path):
+    cfg = parse_config(
+        TOY.replace("epochs = 15", "epochs = 2"),
+        [
+            "model.norm=none",
+            "model.init=data",
+            "model.latent_clip=1.0",
+            "model.weight_mode=mode",
+            "optim.latent.name=sgd",
+            "optim.latent.nesterov=true",
+            "optim.latent.weight_decay=0.01",
+            "train.lr_schedule=step",
+            "train.lr_step_epochs=1",
+            "train.lr_gamma=0.5",
+            "train.grad_clip=0.5",
+            "data.val_fraction=0.25",
+        ],
+    )
+    run = prepare(cfg)
+    assert len(run.train[1]) == 150 and len(run.val[1]) == 50
+    metrics = fit(run, tmp_path, progress=False)
+    assert "val_acc" in metrics
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["lr_latent"] for r in log] == pytest.approx([0.05, 0.025])
+    assert "val_acc" in log[0]
+    assert max(float(p.abs().max()) for p in latent_parameters(run.model)) <= 1.0
+
+
+def test_float_model_has_no_latent_optimizer():
+    run = prepare(parse_config(TOY, ["model.binary_weights=false", "train.epochs=1"]))
+    assert set(run.optimizers) == {"real"}
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [("constant", [1, 1, 1, 1]), ("cosine", [1, 0.5, 0, 0]), ("step", [1, 0.1, 0.01, 0.01])],
+)
+def test_lr_schedules(schedule, expected):
+    cfg = parse_config(f'[train]\nepochs = 2\nlr_schedule = "{schedule}"\nlr_step_epochs = 1')
+    factor = _lr_factor(cfg, steps_per_epoch=2)
+    assert [factor(s) for s in (0, 2, 4, 5)] == pytest.approx(expected, abs=1e-12)
+
+
+def test_convnet_builds_for_images():
+    cfg = parse_config('[model]\nname = "convnet"\nchannels = [4, 8]')
+    model = build_model(cfg)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = parse_config(TOY)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    model.eval()
+    checkpoint.save(tmp_path / "model.pt", model, cfg.to_dict(), {"test_acc": 0.5})
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    saved = checkpoint.load(tmp_path / "model.pt")
+    assert saved["config"] == cfg.to_dict() and saved["metrics"] == {"test_acc": 0.5}
+    again = build_model(parse_config(TOY))
+    again.load_state_dict(saved["state_dict"])
+    again.eval()
+    x = torch.randn(16, 2)
+    assert torch.equal(predict_proba(model, x), predict_proba(again, x))
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+class Payload:
+    """A class a weights-only loader must refuse to instantiate."""
+
+    def __reduce__(self):
+        return (print, ("executed",))
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path, capsys):
+    torch.save({"format": "sbnkit-checkpoint", "version": 1, "x": Payload()}, tmp_path / "a.pt")
+    (tmp_path / "b.pt").write_bytes(pickle.dumps(Payload()))
+    for name in ("a.pt", "b.pt"):
+        with pytest.raises(UserError, match="refusing to load"):
+            checkpoint.load(tmp_path / name)
+    assert "executed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"format": "other"}, "not an sbnkit checkpoint"),
+        ([1, 2], "not an sbnkit checkpoint"),
+        ({"format": "sbnkit-checkpoint", "version": 99}, "has version 99"),
+        ({"format": "sbnkit-checkpoint", "version": 1}, "incomplete or damaged"),
+    ],
+)
+def test_checkpoint_rejects_foreign_payloads(tmp_path, payload, message):
+    torch.save(payload, tmp_path / "x.pt")
+    with pytest.raises(UserError, match=message):
+        checkpoint.load(tmp_path / "x.pt")
+
+
+def test_checkpoint_rejects_garbage(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(UserError, match="refusing to load|not a readable sbnkit checkpoint"):
+        checkpoint.load(tmp_path / "x.pt")
+    (tmp_path / "y.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    with pytest.raises(UserError, match="not a readable sbnkit checkpoint"):
+        checkpoint.load(tmp_path / "y.pt")
+    with pytest.raises(UserError, match="does not exist"):
+        checkpoint.load(tmp_path / "missing.pt")
