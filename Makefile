@@ -26,13 +26,13 @@ train: setup data
 	$(BIN)/sbnkit train configs/fmnist_default.toml --out runs/fmnist_default
 
 test: setup
-	$(BIN)/ruff check sbnkit tests benchmarks
-	$(BIN)/ruff format --check sbnkit tests benchmarks
+	$(BIN)/ruff check sbnkit tests benchmarks experiments
+	$(BIN)/ruff format --check sbnkit tests benchmarks experiments
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check --fix sbnkit tests benchmarks
-	$(BIN)/ruff format sbnkit tests benchmarks
+	$(BIN)/ruff check --fix sbnkit tests benchmarks experiments
+	$(BIN)/ruff format sbnkit tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,27 @@
+"""The gradient-accuracy study of the PSA paper (psa.md §5): toy data, study, plots, CLI."""
+
+from .cli import cli_main
+from .study import (
+    METHODS,
+    PerSampleCapture,
+    exact_gradient,
+    gradient_metrics,
+    load_network,
+    run,
+    sample_gradients,
+    study_network,
+)
+from .toy import make_toy
+
+__all__ = [
+    "METHODS",
+    "PerSampleCapture",
+    "cli_main",
+    "exact_gradient",
+    "gradient_metrics",
+    "load_network",
+    "make_toy",
+    "run",
+    "sample_gradients",
+    "study_network",
+]

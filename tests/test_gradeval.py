@@ -1,0 +1,300 @@
+"""The gradient-accuracy study (psa.md §5): toy data, per-sample gradients, metrics, the authors'
+network, the CLI."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sbnkit import estimators
+from sbnkit.gradeval import cli_main, make_toy, study
+from sbnkit.noise import Logistic
+
+AUTHORS = Path(__file__).resolve().parents[1].parent / "shared/data/psa_gradeval_5-5-5_chk100.json"
+AUTHORS_LOSS = 0.6838682289076939
+
+
+def needs(*names):
+    missing = [n for n in names if n not in estimators.names()]
+    return pytest.mark.skipif(bool(missing), reason=f"estimators {missing} not registered yet")
+
+
+@pytest.fixture(scope="module")
+def authors():
+    if not AUTHORS.is_file():
+        pytest.skip(f"{AUTHORS} not present")
+    model, X, y, data = study.load_network(AUTHORS)
+    return model, X, y, data
+
+
+def test_toy_data_follows_the_protocol():
+    X, y = make_toy()
+    assert X.shape == (200, 2) and y.shape == (200,) and X.dtype == torch.float64
+    assert (y[:100] == 1).all() and (y[100:] == -1).all()
+    assert X[:, 0].abs().max() < math.pi / 2
+    assert (X[:100, 1] >= 0).all() and (X[:100, 1] < 1).all()
+    neg = X[100:]
+    assert (neg[:, 1] >= -1).all() and (neg[:, 1] < torch.cos(neg[:, 0])).all()
+    torch.testing.assert_close(make_toy(seed=1)[0], X, rtol=0, atol=0)
+    assert not torch.equal(make_toy(seed=2)[0], X)
+
+
+def test_ap2_init_standardises_propagated_moments():
+    X, _ = make_toy()
+    model = study.init_network(X, seed=3)
+    m, s = X.mean(0), X.var(0, unbiased=False)
+    for op in study.layers(model)[:-1]:
+        mu = op.weight @ m + op.bias
+        var = op.weight.pow(2) @ s
+        torch.testing.assert_close(mu, torch.zeros_like(mu), rtol=0, atol=1e-12)
+        torch.testing.assert_close(var, torch.ones_like(var), rtol=1e-8, atol=0)
+        m, s = torch.zeros_like(mu), torch.ones_like(mu)
+
+
+def test_network_json_round_trip():
+    X, y = make_toy(n_per_class=5)
+    model = study.init_network(X, seed=0)
+    again, X2, y2 = study.network_from_json(
+        json.loads(json.dumps(study.network_to_json(model, X, y))), "test"
+    )
+    for a, b in zip(model.parameters(), again.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(X2, X, rtol=0, atol=0)
+    torch.testing.assert_close(y2, y, rtol=0, atol=0)
+
+
+def test_reparam_grads_is_the_chain_rule_of_the_01_weights(authors):
+    model = authors[0]
+    ops = study.layers(model)
+    torch.manual_seed(0)
+    grads = [torch.randn(3, op.weight.numel() + op.out_features, dtype=torch.float64) for op in ops]
+    g01 = study.reparam_grads(grads, model, "01")
+    for k, op in enumerate(ops):  # a step d01 of (W01, b01) moves (W, b) = (W01/2, b01 + W01·1/2)
+        dw = torch.randn(op.weight.shape, dtype=torch.float64)
+        db = torch.randn(op.out_features, dtype=torch.float64)
+        d01 = torch.cat([dw.flatten(), db])
+        dpm = torch.cat([(dw / 2).flatten(), db + dw.sum(1) / 2]) if k else d01
+        torch.testing.assert_close(g01[k] @ d01, grads[k] @ dpm, rtol=1e-12, atol=1e-12)
+    assert study.reparam_grads(grads, model, "pm1") == grads
+
+
+class _TableNoise(Logistic):
+    """Logistic noise whose draws are set by the test, so that a batched pass and a loop of
+    single passes see the same noise."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+        self.current = None
+
+    def sample(self, like):
+        assert like.shape == self.current.shape
+        return self.current
+
+    def sample_sign(self, a):
+        return torch.where(a >= self.sample(a), 1.0, -1.0).to(a.dtype)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "st",
+        "concrete_tau_1",
+        "mean",
+        pytest.param("reinforce", marks=needs("reinforce")),
+        pytest.param("psa", marks=needs("psa")),
+    ],
+)
+def test_per_sample_gradients_equal_separate_backward_passes(authors, method):
+    model, X, y, _ = authors
+    X, y = X[::10], y[::10]  # 20 points
+    n, samples = X.shape[0], 4
+    units = [stage.unit for stage in model.stages]
+    saved = [u.noise for u in units]
+    tables = [Logistic(1.0).sample(torch.empty(samples, n, 5, dtype=X.dtype)) for _ in units]
+    reg, opts = study.resolve_method(method)
+    est = estimators.get(reg, **opts)
+    try:
+        for u in units:
+            u.noise = _TableNoise()
+        for u, z in zip(units, tables, strict=True):
+            u.noise.current = z.reshape(samples * n, -1)
+        model.zero_grad(set_to_none=True)
+        with study.PerSampleCapture(model, samples, n) as cap:
+            est.loss(model, X.repeat(samples, 1), cap.targets(y), cap.loss_fn).backward()
+        batched = cap.per_sample()
+        for s in range(samples):
+            for u, z in zip(units, tables, strict=True):
+                u.noise.current = z[s]
+            model.zero_grad(set_to_none=True)
+            est.loss(model, X, y, study.toy_loss).backward()
+            for k, g in enumerate(study.flat_grads(model)):
+                torch.testing.assert_close(
+                    batched[k][s], g, rtol=1e-9, atol=1e-13, msg=f"{method} sample {s} layer{k}"
+                )
+    finally:
+        for u, nz in zip(units, saved, strict=True):
+            u.noise = nz
+        model.zero_grad(set_to_none=True)
+
+
+def test_metrics_on_constructed_estimates():
+    torch.manual_seed(0)
+    p, n, sigma = 8, 20000, 0.3
+    g = torch.linspace(-1, 1, p, dtype=torch.float64) + 0.1
+    bias = torch.full((p,), 0.05, dtype=torch.float64)
+    est = g + bias + sigma * torch.randn(n, p, dtype=torch.float64)
+    ms = [1, 10, 100, 1000]
+    met = study.gradient_metrics(est, g, ms)
+    g2 = float(g.dot(g))
+    for m, rmse, se, t in zip(ms, met["rmse"], met["rmse_se"], met["trials"], strict=True):
+        assert t == n // m
+        expect = math.sqrt((float(bias.dot(bias)) + p * sigma**2 / m) / g2)
+        assert abs(math.log(rmse / expect)) < 4 * se + 1e-3
+    assert study.relative_bias(est, g) == pytest.approx(
+        math.sqrt(float(bias.dot(bias)) / g2), rel=0.1
+    )
+    exact = study.gradient_metrics(g.expand(10, p), g, [1, 5])
+    assert exact["rmse"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert exact["cos_mean"] == pytest.approx([1.0, 1.0])
+    assert exact["cos_q15"][0] == pytest.approx(1.0)
+    opposite = study.gradient_metrics(-g.expand(10, p), g, [1])
+    assert opposite["rmse"][0] == pytest.approx(2.0)
+    assert opposite["cos_mean"][0] == pytest.approx(-1.0)
+
+
+def test_loglog_slope_of_pure_variance_is_minus_half():
+    torch.manual_seed(1)
+    g = torch.ones(6, dtype=torch.float64)
+    est = g + torch.randn(4000, 6, dtype=torch.float64)
+    sl = study.loglog_slope(study.gradient_metrics(est, g, study.m_grid(4000)))
+    assert sl["M"] == 200
+    assert abs(sl["slope"] + 0.5) < 3 * sl["se"]
+
+
+def test_exact_loss_of_the_authors_network(authors):
+    model, X, y, data = authors
+    loss, grads = study.exact_gradient(model, X, y)
+    assert data["exact_expected_loss"] == AUTHORS_LOSS
+    assert abs(loss - AUTHORS_LOSS) <= 1e-9
+    assert [g.numel() for g in grads] == [15, 30, 30, 6]
+    with pytest.raises(study.ExactLossMismatch):
+        study.check_exact_loss({"exact_expected_loss": loss}, AUTHORS_LOSS + 1e-8, "test")
+
+
+@needs("psa", "arm", "reinforce")
+def test_study_on_the_authors_network_reproduces_the_paper(authors):
+    model, X, y, data = authors
+    res = study.study_network(
+        model, X, y, ["psa", "st", "arm", "reinforce"], 2000, seed=1, log=lambda _: None
+    )
+    paper = data["paper_relative_rmse_at_one_sample"]
+    cmp = study.compare_with_paper(res, {k: paper[k] for k in ("psa", "st", "arm", "reinforce")})
+    for name in ("psa", "st", "arm", "reinforce"):
+        assert cmp[name]["agrees"], (name, cmp[name])  # within a factor 1.5 of the paper
+    found = study.findings(res)
+    assert found["psa_lowest_at_m1"]["holds"], found["psa_lowest_at_m1"]
+    sl = found["psa_last_hidden_sqrt"]
+    assert sl["M"] == 100 and abs(sl["slope"] + 0.5) <= 3 * sl["se"], sl
+    assert found["st_floor"]["holds"], found["st_floor"]
+    assert found["unbiased_need_more"]["holds"], found["unbiased_need_more"]
+    for name in ("psa", "arm", "reinforce"):  # unbiased for the head
+        assert res["methods"][name]["layers"]["layer3"]["relative_bias"] < 0.05
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sbnkit: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--samples", "0"],
+        ["--samples", "many"],
+        ["--network", "/nonexistent/net.json"],
+        ["--methods", "st,magic"],
+        ["--train-checkpoints", "x"],
+        ["--train-checkpoints", "0"],
+        ["--network", "a.json", "--train-checkpoints", "5"],
+        ["--workers", "0"],
+        ["--param", "x"],
+        ["--unknown"],
+    ],
+)
+def test_cli_bad_arguments_give_one_line_and_exit_2(argv, capsys, tmp_path):
+    assert cli_main([*argv, "--out", str(tmp_path / "out")]) == 2
+    _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_network_files(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert cli_main(["--network", str(bad), "--out", str(tmp_path / "o")]) == 2
+    _error_line(capsys)
+    bad.write_text(
+        json.dumps({"layers": [{"weight": [[1.0]], "bias": [[0.0]]}], "X": [[0.0]], "y": [1]})
+    )
+    assert cli_main(["--network", str(bad), "--out", str(tmp_path / "o")]) == 2
+    _error_line(capsys)
+    out_file = tmp_path / "file"
+    out_file.write_text("")
+    assert cli_main(["--network", str(AUTHORS), "--out", str(out_file)]) == 2
+    _error_line(capsys)
+
+
+def test_cli_on_the_authors_network_writes_results(authors, tmp_path, capsys):
+    out = tmp_path / "ge"
+    argv = [
+        "--network",
+        str(AUTHORS),
+        "--samples",
+        "100",
+        "--methods",
+        "st",
+        "mean",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert cli_main(argv) == 0
+    table = capsys.readouterr().out
+    assert "st" in table and "[0.22]" in table  # the paper's value beside ours
+    res = json.loads((out / "gradeval.json").read_text())
+    net = res["networks"]["psa_gradeval_5-5-5_chk100"]
+    assert abs(net["exact_expected_loss"] - AUTHORS_LOSS) <= 1e-9
+    assert set(net["methods"]) == {"st", "mean"}
+    assert net["methods"]["st"]["layers"]["layer2"]["M"] == study.m_grid(100)
+    assert (out / "rmse_psa_gradeval_5-5-5_chk100.png").stat().st_size > 0
+    assert (out / "cosine_psa_gradeval_5-5-5_chk100.png").stat().st_size > 0
+    (out / "stale").write_text("")
+    assert cli_main(argv) == 0  # replaced as a whole
+    assert not (out / "stale").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ge"]
+
+
+@needs("reinforce")
+def test_cli_trains_caches_and_checks_checkpoints(tmp_path, capsys):
+    out = tmp_path / "tr"
+    argv = ["--train-checkpoints", "2", "--samples", "20", "--methods", "st", "--workers", "1"]
+    argv += ["--out", str(out)]
+    assert cli_main(argv) == 0
+    assert "training with REINFORCE for 2 epochs" in capsys.readouterr().err
+    record = json.loads((out / "training.json").read_text())
+    assert record["epochs"] == [1, 2]  # epoch 1 is always kept
+    assert set(json.loads((out / "gradeval.json").read_text())["networks"]) == {"chk-2"}
+    chk = json.loads((out / "chk-2.json").read_text())
+    assert chk["epoch"] == 2 and "exact_expected_loss" in chk
+    assert cli_main(argv) == 0
+    assert "reusing the REINFORCE checkpoints" in capsys.readouterr().err
+    chk["exact_expected_loss"] += 1e-6
+    (out / "chk-2.json").write_text(json.dumps(chk))
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sbnkit: error: ") and "differs from the recorded" in err[-1]
+    assert cli_main([*argv, "--param", "pm1"]) == 0
+    assert "training with REINFORCE" in capsys.readouterr().err  # another recipe: retrained
