@@ -3,7 +3,10 @@
 Runs ``sbnkit train`` for every (architecture, seed, estimator) with the same epoch budget and
 writes ``OUT/summary.json`` and ``OUT/summary.md`` after every run, so a partial sweep is usable.
 
-    python experiments/compare_estimators.py [--out runs/compare] [--quick]
+    python experiments/compare_estimators.py [--out runs/compare] [--quick] [--plan mlp:1,conv:1]
+
+Finished runs (their ``metrics.json``) are reused, so sweeps over disjoint ``--plan`` s can run
+side by side and a broken-off sweep resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -76,9 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs/compare")
     parser.add_argument("--quick", action="store_true", help="1 epoch, mlp seed 1 only")
+    parser.add_argument("--plan", help="ARCH:SEED,... to run (default: mlp seeds 1-3, conv seed 1)")
     args = parser.parse_args()
     extra = ["train.epochs=1"] if args.quick else []
     plan = PLAN[:1] if args.quick else PLAN
+    if args.plan:
+        plan = [
+            (arch, int(seed)) for arch, seed in (item.split(":") for item in args.plan.split(","))
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for arch, seed in plan:

@@ -8,24 +8,27 @@ Kernels (each with a dense and a conv2d function, same formulas, see :mod:`.refe
   to the terms (or a forced ``order``); :class:`SeriesUnsupportedError` if ``max 2|W|`` is too
   large for ``N ≤ N_MAX = 12``.
 * ``auto`` — an explicit ``order`` selects ``series``. Otherwise, off the CPU: ``series`` when it
-  is supported, else ``reference``. On the CPU: ``series`` when it is supported and its estimated
-  cost is below the fused kernel's, else ``fused``.
+  is supported, else ``reference``. On the CPU: ``series`` when it is supported and the cost
+  model below prefers it, else ``fused``.
 
-The CPU cost model, in units of one multiply-add of a GEMM/conv (``M = B·H'·W'`` output
-positions, ``fan_in = C_in·K²``, ``terms = M·C_out·fan_in``)::
+Cost model (CPU), in units of one multiply-add of the matching transposed conv / GEMM, with
+``M = B·H'·W'`` output positions, ``fan_in = C_in·K²`` (dense: ``n_in``) and
+``terms = M·C_out·fan_in``::
 
-    fused  = FUSED_COST · terms                                       (one division per term)
-    series = N · terms · (1 + POWER_COST / M + ELEM_COST / fan_in)    (N transposed ops, the
-                                                                       Wⁿ and the G ⊙ c_n(a))
+    fused  = FUSED_COST · terms                                       one division per term
+    series = N · terms · (1 + POWER_COST / M + ELEM_COST / fan_in)    N transposed ops, forming
+                                                                      Wⁿ and G ⊙ c_n(a)
 
-so the series is chosen iff ``N (1 + 100/M + 25/fan_in) < 12``. The constants are single-thread
-CPU-time measurements (``benchmarks/bench_kernels.py --threads 1 --cpu-time`` and forced orders;
-``BENCHMARKS.md``): the fused kernel runs 6-18x the time of the matching ``conv2d_input`` (10-18x
-on stride-1 convs, where torch's conv is efficient; 6-10x on stride-2 ones), one series order
-about 1x; forming ``Wⁿ`` costs ~100 multiply-adds per weight (it matters for small batches of
-dense layers, where the GEMM itself is cheap). Hence on the CIFAR_S1 convs the series (auto N =
-5-7 for trained-like weights at ``tol = 1e-3``) is 1.5-2.5x faster than fused, the crossover is
-at N ≈ 10-11, and a 1024x1024 dense layer at batch 64 prefers fused beyond N = 4.
+so ``auto`` takes the series iff ``N (1 + 80/M + 25/fan_in) < 14``. Measured
+(``benchmarks/bench_kernels.py --threads 1 --cpu-time [--orders 4,6,8,10,12]``, batch 64,
+float32, ``BENCHMARKS.md``): one series order costs 0.6-1.7x a ``conv2d_input``; the fused
+kernel 15-21x on the stride-1 CIFAR_S1 convs and on dense 784/1024→1024 layers, 6-10x on the
+strided and the smallest convs, where torch's conv is itself inefficient. At the auto orders of
+trained-like weights (N = 5-7 at ``tol = 1e-3``) the series is 1.6-3.2x faster than fused on
+every CIFAR_S1 conv where it is supported. The crossover is beyond N = 12 on the large convs, at
+N ≈ 8-10 on the dense layers (forming Wⁿ then rivals the small-batch GEMM: the ``80/M`` term)
+and at N ≈ 5-8 on the smallest convs (there the model can err by ~1.5x, on the cheapest layers).
+The fused kernel is 8-17x faster than the reference, the series 16-37x.
 """
 
 from __future__ import annotations
