@@ -52,7 +52,7 @@ def test_toml_round_trip():
     assert parse_config(Config().to_toml()) == Config()
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.toml")), ids=lambda p: p.stem)
 def test_shipped_configs_are_valid(path):
     load_config(path)
 
