@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import math
 from pathlib import Path
 
 import numpy as np
@@ -190,19 +189,11 @@ def test_unknown_names():
         data_lib.load("toy2d", "valid")
 
 
-def test_toy2d_matches_the_psa_recipe():
-    x, y = data_lib.toy2d(100, seed=1)
-    assert x.shape == (200, 2) and x.dtype == torch.float64
-    assert int(y.sum()) == 100
-    pos, neg = x[y == 1], x[y == 0]
-    assert bool((x[:, 0].abs() <= math.pi / 2).all())
-    assert bool(((pos[:, 1] >= 0) & (pos[:, 1] <= 1)).all())
-    assert bool((neg[:, 1] < torch.cos(neg[:, 0])).all()) and bool((neg[:, 1] >= -1).all())
-    again, _ = data_lib.toy2d(100, seed=1)
-    assert torch.equal(x, again)
-    assert not torch.equal(x, data_lib.toy2d(100, seed=2)[0])
+def test_toy2d_is_the_psa_toy_set_with_class_indices():
+    x, signs = data_lib.make_toy(100, seed=1, dtype=torch.float32)
     xt, yt = data_lib.load("toy2d", "train")
-    assert xt.dtype == torch.float32 and torch.allclose(xt.double(), x)
+    assert xt.dtype == torch.float32 and torch.equal(xt, x)
+    assert torch.equal(yt, (signs > 0).long())
 
 
 def test_augmentations():

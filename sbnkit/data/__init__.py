@@ -34,7 +34,7 @@ from ..errors import UserError
 from .augment import AUGMENTS, augmenter
 from .cifar import read_cifar_bin
 from .idx import read_idx
-from .toy import toy2d
+from .toy import make_toy
 
 SPLITS = ("train", "test")
 DEFAULT_ROOTS: tuple[Path, ...] = (Path("/usr/share/datasets"), Path("~/.cache/sbnkit"))
@@ -206,7 +206,8 @@ def load(
     ds = get(name)
     _check_split(split)
     if name == "toy2d":
-        x, y = toy2d(100, seed=1 if split == "train" else 2, dtype=torch.float32)
+        x, signs = make_toy(100, seed=1 if split == "train" else 2, dtype=torch.float32)
+        y = (signs > 0).long()
         return x, y
     paths = find_files(name, split, root)
     try:
@@ -299,5 +300,5 @@ __all__ = [
     "read_cifar_bin",
     "read_idx",
     "split_validation",
-    "toy2d",
+    "make_toy",
 ]

@@ -1,5 +1,6 @@
 """The gradient-accuracy study of the PSA paper (psa.md §5): toy data, study, plots, CLI."""
 
+from ..data.toy import make_toy
 from .cli import cli_main
 from .study import (
     METHODS,
@@ -11,7 +12,6 @@ from .study import (
     sample_gradients,
     study_network,
 )
-from .toy import make_toy
 
 __all__ = [
     "METHODS",

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import estimators
+from ..data.toy import make_toy
 from ..errors import UserError
 from ..models import mlp
 from ..network import SBN, Stage
-from .toy import make_toy
 
 LAYER_SIZES = (2, 5, 5, 5, 1)
 M_GRID = tuple(m * 10**k for k in range(4) for m in range(1, 10))
