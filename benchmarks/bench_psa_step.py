@@ -1,8 +1,8 @@
 """One full training step (forward, backward, SGD step) of CIFAR_S1 at batch 64: PSA vs ST.
 
 Interleaved in one process (st, psa[auto], psa[fused], ... per round), median over rounds; the
-reference kernel is slow, so it gets fewer rounds. Peak memory (max RSS) of each method is taken
-in a fresh subprocess running two steps.
+reference kernel is slow, so it gets fewer rounds. Peak memory of each method is the growth of the
+max RSS over the set-up in a fresh subprocess running two steps (numba's JIT included).
 
     python benchmarks/bench_psa_step.py [--rounds 5] [--threads 2] [--reference-rounds 1]
 """
@@ -55,7 +55,7 @@ def estimator(method: str):
 
 
 def peak_memory(method: str, threads: int) -> float:
-    """Max RSS in MB of a fresh process that runs two steps of ``method``."""
+    """Growth of the max RSS in MB over the set-up, in a fresh process running two steps."""
     out = subprocess.run(
         [sys.executable, __file__, "--memory-of", method, "--threads", str(threads)],
         check=True,
@@ -77,9 +77,10 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     if args.memory_of:
         est = estimator(args.memory_of)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         for _ in range(2):
             step(model, opt, est, x, y)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
         return
     ests = {m: estimator(m) for m in METHODS}
     for est in ests.values():  # warm-up: numba compile, allocator
@@ -106,7 +107,7 @@ def main() -> None:
         )
         print(
             f"{m:16s} {med * 1000:9.0f} ms  x{med / st:5.2f}  ({len(times[m])} rounds)  "
-            f"peak RSS {mem:6.0f} MB",
+            f"peak RSS growth {mem:6.0f} MB",
             flush=True,
         )
     print(json.dumps(rows))

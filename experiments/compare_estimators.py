@@ -79,6 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs/compare")
     parser.add_argument("--quick", action="store_true", help="1 epoch, mlp seed 1 only")
+    parser.add_argument(
+        "--summary-only", action="store_true", help="tabulate finished runs, train nothing"
+    )
     parser.add_argument("--plan", help="ARCH:SEED,... to run (default: mlp seeds 1-3, conv seed 1)")
     args = parser.parse_args()
     extra = ["train.epochs=1"] if args.quick else []
@@ -91,6 +94,8 @@ def main() -> None:
     results = []
     for arch, seed in plan:
         for est in ESTIMATORS:
+            if args.summary_only and not (args.out / f"{arch}-s{seed}-{est}/metrics.json").exists():
+                continue
             metrics = run_one(arch, seed, est, args.out, extra)
             results.append({"arch": arch, "seed": seed, "estimator": est, **metrics})
             (args.out / "summary.json").write_text(json.dumps(results, indent=1))

@@ -8,14 +8,12 @@ false-alarm probability by α = 1e-3 (a little more with the t tail at calls - 1
 freedom). Seeds are fixed, so every check is deterministic.
 """
 
-import json
 import math
-from pathlib import Path
 from statistics import NormalDist
 
 import pytest
 import torch
-import torch.nn.functional as F
+from sbn_testing import authors_net, ce, gradient, logistic_loss
 from torch import nn
 
 from sbnkit import models
@@ -24,36 +22,8 @@ from sbnkit.estimators import get
 from sbnkit.network import SBN, Head, Stage
 from sbnkit.units import BinaryUnit
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ALPHA = 1e-3
 PATH_ESTIMATORS = ["psa", "reinforce", "arm", "adf", "local_reparam", "exact"]
-
-
-def logistic_loss(eta, y):
-    return F.softplus(-y * eta[:, 0])
-
-
-def ce(eta, y):
-    """Per-example cross-entropy (cheaper than F.cross_entropy for tiny batches on busy CPUs)."""
-    return torch.logsumexp(eta, 1) - eta.gather(1, y[:, None])[:, 0]
-
-
-def authors_net():
-    d = json.loads((DATA / "psa_gradeval_5-5-5_chk100.json").read_text())
-    model = models.mlp([2, 5, 5, 5, 1]).double()
-    ops = [s.op for s in model.stages] + [model.head.linear]
-    with torch.no_grad():
-        for op, layer in zip(ops, d["layers"], strict=True):
-            op.weight.copy_(torch.tensor(layer["weight"]))
-            op.bias.copy_(torch.tensor(layer["bias"]).view(-1))
-    return model, torch.tensor(d["X"]).double(), torch.tensor(d["y"]).double()
-
-
-def gradient(est, model, x, y, loss_fn):
-    model.zero_grad()
-    loss = est.loss(model, x, y, loss_fn)
-    loss.backward()
-    return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
 def samples(est, model, x, y, loss_fn, calls, reps=1):
@@ -77,7 +47,7 @@ def max_z(grads, exact, names):
 
 @pytest.fixture(scope="module")
 def authors_subset():
-    model, x, y = authors_net()
+    model, x, y, _ = authors_net()
     idx = torch.arange(0, 200, 25)  # 4 points per class
     x, y = x[idx], y[idx]
     return model, x, y, gradient(get("exact"), model, x, y, logistic_loss)[1]

@@ -10,14 +10,12 @@ probability of a false alarm of the whole check below α = 1e-3 (≈ 3e-3 allowi
 """
 
 import itertools
-import json
 import math
-from pathlib import Path
 from statistics import NormalDist
 
 import pytest
 import torch
-import torch.nn.functional as F
+from sbn_testing import authors_net, ce, gradient, logistic_loss
 from torch import nn
 
 from sbnkit import models
@@ -28,36 +26,7 @@ from sbnkit.network import SBN, Head, Stage
 from sbnkit.units import BinaryUnit
 from sbnkit.weights import make_binary
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ALPHA = 1e-3
-
-
-def logistic_loss(eta, y):
-    return F.softplus(-y * eta[:, 0])
-
-
-def ce(eta, y):
-    """Per-example cross-entropy (cheaper than F.cross_entropy for tiny batches on busy CPUs)."""
-    return torch.logsumexp(eta, 1) - eta.gather(1, y[:, None])[:, 0]
-
-
-def authors_net():
-    d = json.loads((DATA / "psa_gradeval_5-5-5_chk100.json").read_text())
-    model = models.mlp([2, 5, 5, 5, 1]).double()
-    ops = [s.op for s in model.stages] + [model.head.linear]
-    with torch.no_grad():
-        for op, layer in zip(ops, d["layers"], strict=True):
-            op.weight.copy_(torch.tensor(layer["weight"]))
-            op.bias.copy_(torch.tensor(layer["bias"]).view(-1))
-    return model, torch.tensor(d["X"]).double(), torch.tensor(d["y"]).double()
-
-
-def gradient(est, model, x, y, loss_fn):
-    """``(loss value, {parameter name: gradient})`` of one call."""
-    model.zero_grad()
-    loss = est.loss(model, x, y, loss_fn)
-    loss.backward()
-    return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
 def samples(est, model, x, y, loss_fn, calls, reps=1):
@@ -95,7 +64,7 @@ def layer_rmse(grads, exact, prefix):
 
 @pytest.fixture(scope="module")
 def authors():
-    model, x, y = authors_net()
+    model, x, y, _ = authors_net()
     value, exact = gradient(get("exact"), model, x, y, logistic_loss)
     return model, x, y, value, exact
 
