@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..network import Head, Stage
 from ..noise import Logistic, Noise, Normal, Triangular, Uniform
 from .base import Estimator, LossFn, mean_loss
-from .exact import op_with_weight, path_modules, sampled_bernoulli
+from .walk import op_with_weight, path_modules, sampled_bernoulli
 
 
 def noise_variance(noise: Noise) -> float:

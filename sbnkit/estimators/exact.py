@@ -1,4 +1,4 @@
-"""Exact expected loss by enumeration, and the stage walk shared by the path estimators.
+"""Exact expected loss by enumeration.
 
 The layers of an SBN form a Markov chain: given ``x^{k-1}`` the units of layer ``k`` are
 independent with ``P(x^k = s | x^{k-1}) = Π_j F(s_j a^k_j)`` (symmetric noise), so the marginal
@@ -25,25 +25,8 @@ from torch import nn
 from ..errors import UserError
 from ..network import SBN, Stage
 from ..noise import Noise
-from ..weights import BernoulliWeight
-from .base import Estimator, LossFn, require_sbn
-
-
-def path_modules(model: nn.Module, estimator: str) -> tuple[SBN, list[nn.Module]]:
-    """The SBN and its stages, refusing modules a path estimator cannot walk.
-
-    Accepted: :class:`Stage` and ``nn.Flatten`` (which only reshapes).
-    """
-    sbn = require_sbn(model, estimator)
-    mods = list(sbn.stages)
-    for k, m in enumerate(mods):
-        if not isinstance(m, (Stage, nn.Flatten)):
-            raise UserError(
-                f"estimator {estimator!r} walks Stage and nn.Flatten modules only, but "
-                f"model.stages[{k}] is {type(m).__name__}; remove it or use a local estimator "
-                "such as 'st'"
-            )
-    return sbn, mods
+from .base import Estimator, LossFn
+from .walk import path_modules, sampled_bernoulli
 
 
 def refuse_batchnorm_training(mods: list[nn.Module], estimator: str) -> None:
@@ -62,23 +45,6 @@ def state_table(n: int, like: torch.Tensor) -> torch.Tensor:
     idx = torch.arange(2**n, device=like.device)
     bits = (idx[:, None] >> torch.arange(n, device=like.device)) & 1
     return bits.to(like.dtype) * 2.0 - 1.0
-
-
-def sampled_bernoulli(op: nn.Module) -> BernoulliWeight | None:
-    """``op``'s Bernoulli parametrization if its weight is sampled, else ``None``."""
-    if not nn.utils.parametrize.is_parametrized(op, "weight"):
-        return None
-    plist = list(op.parametrizations.weight)
-    bern = [p for p in plist if isinstance(p, BernoulliWeight)]
-    if not bern or bern[0].mode != "sample":
-        return None
-    if len(plist) != 1:
-        names = [type(p).__name__ for p in plist]
-        raise UserError(
-            f"path estimators need a sampled weight with one BernoulliWeight parametrization, "
-            f"got {names}; remove the others"
-        )
-    return bern[0]
 
 
 class _WeightConfigs:
@@ -120,16 +86,6 @@ class _WeightConfigs:
             self.values[id(op)] = w
             log_prob = log_prob + bern.noise.log_cdf(w * eta).flatten(1).sum(1)
         return log_prob
-
-
-def op_with_weight(
-    op: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: bool = True
-) -> torch.Tensor:
-    """``op(x)`` (a Linear or Conv2d) with an explicit ``weight``, and its bias if ``bias``."""
-    b = op.bias if bias else None
-    if isinstance(op, nn.Linear):
-        return F.linear(x, weight, b)
-    return op._conv_forward(x, weight, b)
 
 
 def _apply_op(op: nn.Module, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

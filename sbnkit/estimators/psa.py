@@ -59,7 +59,7 @@ from ..errors import UserError
 from ..network import SBN, Stage
 from ..noise import Logistic
 from .base import Estimator, LossFn
-from .exact import op_with_weight, path_modules, sampled_bernoulli
+from .walk import op_with_weight, path_modules, sampled_bernoulli
 
 
 def _conv_geometry(op: nn.Conv2d) -> tuple[int, int]:

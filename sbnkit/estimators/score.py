@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..network import SBN, Head, Stage
 from ..noise import Logistic
 from .base import Estimator, LossFn
-from .exact import op_with_weight, path_modules, sampled_bernoulli
+from .walk import op_with_weight, path_modules, sampled_bernoulli
 
 
 def _check_losses(losses: torch.Tensor, batch: int) -> torch.Tensor:
