@@ -1,14 +1,21 @@
-"""Helpers shared by the estimator tests: the authors' network, losses, one gradient call."""
+"""Helpers shared by the estimator tests: a seeded toy network, losses, one gradient call.
 
-import json
+The PSA authors' trained 2-5-5-5-1 network is not part of this repository (its source has no
+licence). Tests that reproduce the paper on it take its path from ``SBNKIT_AUTHORS_NETWORK`` and
+are skipped with that reason when the variable is unset.
+"""
+
+import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from sbnkit import models
+from sbnkit.data.toy import make_toy
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+AUTHORS_NETWORK_VAR = "SBNKIT_AUTHORS_NETWORK"
 
 
 def logistic_loss(eta, y):
@@ -20,18 +27,35 @@ def ce(eta, y):
     return torch.logsumexp(eta, 1) - eta.gather(1, y[:, None])[:, 0]
 
 
-def authors_net():
-    """The PSA paper's trained 2-5-5-5-1 network, its 200 points (y = ±1) and exact loss."""
-    d = json.loads((DATA / "psa_gradeval_5-5-5_chk100.json").read_text())
+def toy_net(seed: int = 0):
+    """A seeded float64 2-5-5-5-1 SBN on the 200-point toy set (y = ±1).
+
+    Weights are drawn N(0, 2²) and biases N(0, 1): large enough that the units' firing
+    probabilities spread over (0, 1), as in a trained network, so every layer's gradient is
+    far from zero and ST is visibly biased.
+    """
+    gen = torch.Generator().manual_seed(seed)
     model = models.mlp([2, 5, 5, 5, 1]).double()
-    ops = [s.op for s in model.stages] + [model.head.linear]
     with torch.no_grad():
-        for op, layer in zip(ops, d["layers"], strict=True):
-            op.weight.copy_(torch.tensor(layer["weight"]))
-            op.bias.copy_(torch.tensor(layer["bias"]).view(-1))
-    x = torch.tensor(d["X"], dtype=torch.float64)
-    y = torch.tensor(d["y"], dtype=torch.float64)
-    return model, x, y, d["exact_expected_loss"]
+        for p in model.parameters():
+            scale = 2.0 if p.dim() == 2 else 1.0
+            p.copy_(scale * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    x, y = make_toy(seed=1)
+    return model, x, y
+
+
+def authors_network_path() -> Path:
+    """The authors' network file named by ``SBNKIT_AUTHORS_NETWORK``; skips the test otherwise."""
+    value = os.environ.get(AUTHORS_NETWORK_VAR, "")
+    if not value:
+        pytest.skip(
+            f"{AUTHORS_NETWORK_VAR} is not set: it names the PSA authors' network JSON, "
+            "which is not part of the repository"
+        )
+    path = Path(value)
+    if not path.is_file():
+        pytest.fail(f"{AUTHORS_NETWORK_VAR}={value} does not name a file")
+    return path
 
 
 def gradient(est, model, x, y, loss_fn):

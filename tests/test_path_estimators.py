@@ -13,7 +13,7 @@ from statistics import NormalDist
 
 import pytest
 import torch
-from sbn_testing import authors_net, ce, gradient, logistic_loss
+from sbn_testing import ce, gradient, logistic_loss, toy_net
 from torch import nn
 
 from sbnkit import models
@@ -46,8 +46,8 @@ def max_z(grads, exact, names):
 
 
 @pytest.fixture(scope="module")
-def authors_subset():
-    model, x, y, _ = authors_net()
+def toy_subset():
+    model, x, y = toy_net()
     idx = torch.arange(0, 200, 25)  # 4 points per class
     x, y = x[idx], y[idx]
     return model, x, y, gradient(get("exact"), model, x, y, logistic_loss)[1]
@@ -56,27 +56,27 @@ def authors_subset():
 @pytest.mark.parametrize(
     ("name", "options"), [("reinforce", {}), ("reinforce", {"baseline": True}), ("arm", {})]
 )
-def test_unbiased_in_every_layer(authors_subset, name, options):
-    model, x, y, exact = authors_subset
+def test_unbiased_in_every_layer(toy_subset, name, options):
+    model, x, y, exact = toy_subset
     torch.manual_seed(0)
     grads = samples(get(name, **options), model, x, y, logistic_loss, 200, 50)
     worst, z_crit = max_z(grads, exact, list(exact))
     assert worst <= z_crit
 
 
-def test_the_statistical_check_detects_st_bias(authors_subset):
+def test_the_statistical_check_detects_st_bias(toy_subset):
     """Power: the same check flags ST, which is biased in every hidden layer."""
-    model, x, y, exact = authors_subset
+    model, x, y, exact = toy_subset
     torch.manual_seed(0)
     grads = samples(get("st"), model, x, y, logistic_loss, 200, 50)
     worst, z_crit = max_z(grads, exact, ["stages.0.op.weight", "stages.0.op.bias"])
     assert worst > z_crit
 
 
-def test_st_unbiased_for_the_last_hidden_layer_when_the_loss_is_linear_in_it(authors_subset):
+def test_st_unbiased_for_the_last_hidden_layer_when_the_loss_is_linear_in_it(toy_subset):
     """With f linear in x^{L-1}, E[f | a] is linear in E[x | a] = 2F(a) - 1, whose derivative
     is exactly ST's backward factor 2 p(a): unbiased for the last stage (and the head)."""
-    model, x, y, _ = authors_subset
+    model, x, y, _ = toy_subset
     linear = lambda eta, t: t * eta[:, 0]  # noqa: E731
     exact = gradient(get("exact"), model, x, y, linear)[1]
     torch.manual_seed(1)
