@@ -23,7 +23,7 @@ data:
 	else echo "not root: install dataset-fashion-mnist or set SBNKIT_DATA"; fi
 
 train: setup data
-	$(BIN)/sbnkit train configs/fmnist_default.toml --out runs/fmnist_default
+	$(BIN)/sbnkit train configs/fmnist_default.toml --out runs/fmnist_default --overwrite
 
 test: setup
 	$(BIN)/ruff check sbnkit tests benchmarks experiments

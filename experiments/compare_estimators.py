@@ -1,4 +1,4 @@
-"""Train Fashion-MNIST SBNs with each estimator and tabulate the results (issue 3 §5).
+"""Train Fashion-MNIST SBNs with each estimator and tabulate the results.
 
 Runs ``sbnkit train`` for every (architecture, seed, estimator) with the same epoch budget and
 writes ``OUT/summary.json`` and ``OUT/summary.md`` after every run, so a partial sweep is usable.
@@ -6,7 +6,7 @@ writes ``OUT/summary.json`` and ``OUT/summary.md`` after every run, so a partial
     python experiments/compare_estimators.py [--out runs/compare] [--quick] [--plan mlp:1,conv:1]
 
 Finished runs (their ``metrics.json``) are reused, so sweeps over disjoint ``--plan`` s can run
-side by side and a broken-off sweep resumes where it stopped.
+side by side and a broken-off sweep resumes where it stopped (an interrupted run is restarted).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def run_one(arch: str, seed: int, estimator: str, out: Path, extra: list[str]) -
             *extra,
             "--out",
             str(run_dir),
+            "--overwrite",
         ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(metrics.read_text())
@@ -68,9 +69,9 @@ def summarise(results: list[dict]) -> str:
 
             per_epoch = statistics.fmean(r["train_seconds"] / r["epochs"] for r in rows)
             lines.append(
-                f"| {arch} | {est} | {len(rows)} | {_cell(rows, 'test_acc')} | "
+                f"| {arch} | {est} | {len(rows)} | {_cell(rows, 'test_acc_mode')} | "
                 f"{_cell(rows, 'test_acc_sample')} | {_cell(rows, 'test_acc_ensemble')} | "
-                f"{_cell(rows, 'test_nll', 1.0, 3)} | {per_epoch:.0f} |"
+                f"{_cell(rows, 'test_nll_ensemble', 1.0, 3)} | {per_epoch:.0f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -100,7 +101,7 @@ def main() -> None:
             results.append({"arch": arch, "seed": seed, "estimator": est, **metrics})
             (args.out / "summary.json").write_text(json.dumps(results, indent=1))
             (args.out / "summary.md").write_text(summarise(results))
-            print(f"{arch} seed {seed} {est}: test acc {metrics['test_acc']:.4f}", flush=True)
+            print(f"{arch} seed {seed} {est}: test acc {metrics['test_acc_mode']:.4f}", flush=True)
     print(summarise(results))
 
 

@@ -1,13 +1,13 @@
 """sbnkit: stochastic binary networks in PyTorch."""
 
+__version__ = "0.2.0"
+
 from . import estimators, models, noise, units, weights
 from .errors import UserError
 from .inference import evaluate_batches, predict_proba
 from .network import SBN, ChannelAffine, Head, Stage
 from .units import BinaryUnit, Rule, using_rule
 from .weights import BernoulliWeight, binarize, make_binary
-
-__version__ = "0.1.0"
 
 __all__ = [
     "SBN",

@@ -1,36 +1,37 @@
 """The ``sbnkit`` command line (also ``python -m sbnkit``).
 
-* ``sbnkit train CONFIG.toml [key=value ...] [--out DIR]``: train a model; the run (``log.jsonl``,
-  ``metrics.json``, ``model.pt``, ``config.toml``) is built in a hidden sibling folder and renamed
-  to ``DIR`` (default ``runs/<config stem>``) only when it succeeded; an earlier run in ``DIR`` is
-  replaced, any other existing folder is refused;
+* ``sbnkit train CONFIG.toml [key=value ...] [--out DIR] [--overwrite]``: train a model into the
+  run folder ``DIR`` (default ``runs/<config stem>``; see :mod:`sbnkit.runfolder`): ``run.json``
+  (state and provenance), ``config.toml`` and ``log.jsonl`` while it runs, then ``model.pt`` and
+  ``metrics.json``. An interrupted run keeps its finished epochs' log;
 * ``sbnkit evaluate CHECKPOINT [--mode mode|sample|ensemble] [--samples K]``: test accuracy and
   NLL of a saved run;
-* ``sbnkit gradeval ...``: the gradient-accuracy experiment (:mod:`sbnkit.gradeval`).
+* ``sbnkit gradeval ...``: the gradient-accuracy experiment (:mod:`sbnkit.gradeval`);
+* ``sbnkit --version``.
 
-Bad input prints one line ``sbnkit: error: ...`` to stderr and exits with status 2.
+Bad input prints one line ``sbnkit: error: ...`` to stderr, writes nothing and exits with status
+2; SIGTERM exits with status 143 after saying what was kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
-import os
-import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from . import __version__
 from . import data as data_lib
 from .errors import UserError
 from .inference import EVAL_MODES
+from .provenance import provenance
+from .runfolder import RunFolder, check_folder
 from .train import build_model, checkpoint, config_from_dict, fit, load_config, prepare
 from .train.loop import seed_everything
 from .train.metrics import evaluate
@@ -45,6 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sbnkit", description="Stochastic binary networks: train and evaluate.")
+    parser.add_argument("--version", action="version", version=f"sbnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser(
         "train",
@@ -59,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. train.epochs=5 model.norm=affine",
     )
     train.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config stem>)")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in the run folder (it comes back if this run fails early)",
+    )
     train.set_defaults(func=_train)
     ev = sub.add_parser(
         "evaluate",
@@ -85,76 +92,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A temporary sibling folder of ``out`` that becomes ``out`` on success, else vanishes."""
-    missing = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    old = out.with_name(f".{out.name}.{os.getpid()}.old")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except OSError:
-                os.replace(old, out)
-                raise
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for p in missing:
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise
-
-
-RUN_FILES = frozenset({"config.toml", "log.jsonl", "metrics.json", "model.pt"})
-
-
-def _check_out(out: Path) -> Path:
-    """``out`` made absolute; a :class:`UserError` unless it is new, empty or an earlier run."""
-    out = out.expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a folder; pass another --out")
-    if out.is_dir() and not {p.name for p in out.iterdir()} <= RUN_FILES:
-        raise UserError(
-            f"output folder {out} exists and is not an sbnkit run; remove it or pass another --out"
-        )
-    return out
-
-
 def _echo(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    out = _check_out(Path(args.out) if args.out else Path("runs") / Path(args.config).stem)
+    out = args.out if args.out is not None else Path("runs") / Path(args.config).stem
+    check_folder(out, "train", overwrite=args.overwrite)
     run = prepare(cfg)
-    with _staging(out) as tmp:
-        (tmp / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
-        metrics = fit(run, tmp, echo=_echo)
-        checkpoint.save(tmp / "model.pt", run.model, cfg.to_dict(), metrics)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    record = provenance(args.argv, run.data_files)
+    with RunFolder(out, "train", overwrite=args.overwrite, provenance=record, report=_echo) as rf:
+        rf.write_text("config.toml", cfg.to_toml(), keep=True)
+
+        def log_epoch(entry: dict) -> None:
+            n = entry["epoch"]
+            done = f"{n} finished epoch{'s' * (n > 1)} in log.jsonl"
+            rf.append_line("log.jsonl", json.dumps(entry), progress=done)
+
+        metrics = fit(run, on_epoch=log_epoch, echo=_echo)
+        with rf.target("model.pt") as tmp:
+            checkpoint.save(tmp, run.model, cfg.to_dict(), metrics)
+        rf.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
     k = metrics["ensemble_samples"]
-    print(
-        f"test accuracy (mode network): {metrics['test_acc']:.4f}  "
-        f"NLL {metrics['test_nll_mode']:.4f}"
-    )
-    print(
-        f"test accuracy (one sample):   {metrics['test_acc_sample']:.4f}  "
-        f"NLL {metrics['test_nll_sample']:.4f}"
-    )
-    print(
-        f"test accuracy (ensemble K={k}): {metrics['test_acc_ensemble']:.4f}  "
-        f"NLL {metrics['test_nll']:.4f}"
-    )
-    print(f"{metrics['epochs']} epochs in {metrics['seconds']:.0f} s; run saved to {out}")
+    for label, key in (
+        ("mode network", "mode"),
+        ("one sample", "sample"),
+        (f"ensemble K={k}", "ensemble"),
+    ):
+        print(
+            f"test accuracy ({label}): {metrics[f'test_acc_{key}']:.4f}  "
+            f"NLL {metrics[f'test_nll_{key}']:.4f}"
+        )
+    print(f"{metrics['epochs']} epochs in {metrics['seconds']:.0f} s; run saved to {rf.path}")
     return 0
 
 
@@ -201,14 +171,18 @@ def _os_message(exc: OSError) -> str:
     return f"cannot access{where}: {what}"
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind (run folders keep finished work), then exit 128 + 15."""
+
+
 def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    raise _Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
-    SIGTERM exits with status 143 after removing a half-written run folder.
+    SIGTERM exits with status 143 after the run folder kept its finished work (and said so).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if threading.current_thread() is not threading.main_thread():
@@ -225,13 +199,17 @@ def _main(argv: list[str]) -> int:
         if argv and argv[0] == "gradeval":
             return _gradeval(argv[1:])
         args = _parser().parse_args(argv)
+        args.argv = ["sbnkit", *argv]
         return args.func(args)
     except UserError as exc:
         message = " ".join(str(exc).split())
     except OSError as exc:
         message = " ".join(_os_message(exc).split())
     except KeyboardInterrupt:
-        print("sbnkit: interrupted", file=sys.stderr)
+        print("sbnkit: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("sbnkit: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     print(f"sbnkit: error: {message}", file=sys.stderr)
     return 2

@@ -143,7 +143,8 @@ CIFAR_S1_LAYERS = (  # (out channels, kernel, stride): the PSA paper's all-conv 
 
 
 def cifar_s1(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, **options) -> SBN:
-    """CIFAR_S1 of the PSA paper (psa.md §6): 8 binary conv stages, flatten, Linear(768 → 10)."""
+    """CIFAR_S1 of the PSA paper (Shekhovtsov, Yanush & Flach 2020, CIFAR-10 experiment): 8
+    binary conv stages, flatten, Linear(768 → 10)."""
     b = _Builder(**options)
     has_bias = b.norm is None
     stages, c_in, size = [], in_channels, image_size
@@ -161,9 +162,9 @@ def cifar_s1(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, 
 
 @torch.no_grad()
 def data_init_(model: SBN, x: torch.Tensor) -> None:
-    """Data-dependent init (psa.md §7.2): standardise each real-weight, norm-free stage's
-    pre-activations on the batch ``x`` (``W ← W/s``, ``b ← (b - m)/s`` per channel), then pass the
-    units' means ``E[x|a]`` on to the next stage."""
+    """Data-dependent init (as in the PSA authors' public code): standardise each real-weight,
+    norm-free stage's pre-activations on the batch ``x`` (``W ← W/s``, ``b ← (b - m)/s`` per
+    channel), then pass the units' means ``E[x|a]`` on to the next stage."""
     model.check_input(x)
     for stage in model.stages:
         if not isinstance(stage, Stage):

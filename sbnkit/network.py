@@ -19,6 +19,32 @@ from .errors import UserError
 from .units import BinaryUnit
 
 
+def check_batch_tensor(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise :class:`UserError` unless ``x`` is a non-empty, finite floating-point batch of the
+    dtype of ``model``'s parameters that its BatchNorm layers (in training mode) can normalise."""
+    if not isinstance(x, torch.Tensor):
+        raise UserError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise UserError(f"the batch is empty (shape {list(x.shape)}); pass at least one example")
+    if not x.is_floating_point():
+        raise UserError(f"input must be floating point, got {x.dtype}")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
+    if x.dtype != dtype:
+        raise UserError(
+            f"input is {x.dtype} but the model is {dtype}; convert one of them, e.g. "
+            f"x.to({dtype}) or model.to({x.dtype})"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise UserError("input contains NaN or Inf; clean or normalise the data first")
+    if x.shape[0] == 1 and any(
+        isinstance(m, nn.BatchNorm1d) and m.training for m in model.modules()
+    ):
+        raise UserError(
+            "BatchNorm in training mode needs at least 2 examples per batch, got 1; pass a "
+            "larger batch or call model.eval()"
+        )
+
+
 class ChannelAffine(nn.Module):
     """Per-channel ``γ · t + β`` (channel dim 1), for use between an op and a unit."""
 
@@ -111,7 +137,8 @@ class SBN(nn.Module):
         return self.head.linear.out_features
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`UserError` unless ``x`` is a finite ``[B, *input_shape]`` batch."""
+        """Raise :class:`UserError` unless ``x`` is a ``[B, *input_shape]`` batch that
+        :func:`check_batch_tensor` accepts."""
         if not isinstance(x, torch.Tensor):
             raise UserError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
@@ -120,10 +147,7 @@ class SBN(nn.Module):
                 f"input has shape {list(x.shape)} but the model expects [{want}]; "
                 "reshape the batch to match the model"
             )
-        if not x.is_floating_point():
-            raise UserError(f"input must be floating point, got {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
-            raise UserError("input contains NaN or Inf; clean or normalise the data first")
+        check_batch_tensor(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -26,8 +26,9 @@ approxsign   ``2a - a|a|`` on ``[-1, 1]``, ``±1`` outside ``2 (1 - |a|)_+``
 swishsign    ``2σ(βa)(1 + βa(1 - σ(βa))) - 1``            ``β (2 - βa tanh(βa/2)) / (1 + cosh(βa))``
 ============ ============================================ ========================================
 
-With the ``noise`` proxy the ST backward is the principled one of st_md.md §3: choosing a proxy is
-choosing the injected noise. With logistic noise of scale 1 it is the deep ST of the PSA paper.
+With the ``noise`` proxy the ST backward is the principled one of Shekhovtsov & Yanush (2021,
+ST for binary activations): choosing a proxy is choosing the injected noise. With logistic noise of
+scale 1 it is the deep ST of the PSA paper.
 """
 
 from __future__ import annotations

@@ -4,16 +4,17 @@ A latent ``η`` (the parametrization's original tensor) defines independent weig
 ``w = sign(η - z)``, ``z ~ noise``, so ``P(w = +1) = F(η)`` and ``E[w] = 2 F(η) - 1``.
 
 * logistic noise of scale ½ (the default): ``P(w = +1) = σ(2η)``, ``E[w] = tanh(η)``: the latent is
-  the Bernoulli half-logit and the mirror map is the negative entropy (st_md.md §5);
+  the Bernoulli half-logit and the mirror map is the negative entropy (Shekhovtsov & Yanush
+  2021, mirror descent);
 * uniform noise on ``[-1, 1]``: ``E[w] = clip(η, -1, 1)``, the lazy Euclidean mirror map.
 
 Forward modes: ``sample`` (``w ~ Bernoulli``, one draw per forward pass), ``mode`` (``sign η``) and
 ``mean`` (``E[w]``). In every mode the backward passes ``∂ℓ/∂w`` to ``η`` unchanged, which is
 the ST estimate of the gradient with respect to the *mean* ``E[w]``; any torch optimizer stepping
 on ``η`` therefore performs mirror descent over the weight probabilities, and weight decay ``c``
-on ``η`` is the latent weight decay = ``c · KL(q ‖ uniform)`` of st_md.md §6. With ``clip`` set,
-the latents are projected to ``[-clip, clip]`` by :func:`clip_latents_` after each step
-(BinaryConnect).
+on ``η`` is the latent weight decay = ``c · KL(q ‖ uniform)`` of Shekhovtsov & Yanush 2021
+(variational inference). With ``clip`` set, the latents are projected to ``[-clip, clip]`` by
+:func:`clip_latents_` after each step (BinaryConnect).
 """
 
 from __future__ import annotations

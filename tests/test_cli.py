@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import platform
 import subprocess
 import sys
 import time
@@ -13,9 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from sbnkit import cli
+import sbnkit
+from sbnkit import UserError, cli
 from sbnkit.data.idx import write_idx
+from sbnkit.runfolder import RunFolder
+from sbnkit.train import checkpoint
 
 TINY = """
 [model]
@@ -61,29 +67,26 @@ def test_train_and_evaluate_end_to_end(tmp_path, monkeypatch, capsys):
     assert result.returncode == 0, result.stderr
     out = tmp_path / "runs" / "tiny"
     assert sorted(p.name for p in out.iterdir()) == [
+        ".lock",
         "config.toml",
         "log.jsonl",
         "metrics.json",
         "model.pt",
+        "run.json",
     ]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
     lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
     assert len(lines) == 1
-    assert {"epoch", "train_loss", "test_acc", "seconds", "lr_latent", "lr_real"} <= set(lines[0])
+    assert {"epoch", "train_loss", "test_acc_mode", "test_nll_mode", "seconds"} <= set(lines[0])
+    assert {"lr_latent", "lr_real"} <= set(lines[0])
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in (
-        "test_acc",
-        "test_acc_sample",
-        "test_acc_ensemble",
-        "test_nll",
-        "test_nll_mode",
-        "ensemble_samples",
-        "epochs",
-        "seconds",
-    ):
-        assert key in metrics
+    assert {
+        f"test_{what}_{net}" for what in ("acc", "nll") for net in ("mode", "sample", "ensemble")
+    } | {"ensemble_samples", "epochs", "seconds"} <= set(metrics)
+    assert not {"test_acc", "test_nll"} & set(metrics)  # one meaning per name
+    assert lines[0]["test_nll_mode"] == metrics["test_nll_mode"]
     assert metrics["ensemble_samples"] == 2 and metrics["epochs"] == 1
-    assert f"{metrics['test_acc']:.4f}" in result.stdout
+    assert f"{metrics['test_acc_mode']:.4f}" in result.stdout
     assert "test accuracy (ensemble K=2)" in result.stdout
     assert "model.norm" not in (out / "config.toml").read_text()
     assert 'norm = "affine"' in (out / "config.toml").read_text()
@@ -93,7 +96,7 @@ def test_train_and_evaluate_end_to_end(tmp_path, monkeypatch, capsys):
     result = run_cli("evaluate", str(out / "model.pt"), env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
-        f"test accuracy (mode network): {metrics['test_acc']:.4f}  "
+        f"test accuracy (mode network): {metrics['test_acc_mode']:.4f}  "
         f"NLL {metrics['test_nll_mode']:.4f}"
     )
     monkeypatch.setenv("SBNKIT_DATA", str(data))
@@ -102,32 +105,118 @@ def test_train_and_evaluate_end_to_end(tmp_path, monkeypatch, capsys):
     )
     assert "ensemble K=3" in capsys.readouterr().out
 
-    # A second run into the same folder replaces it, again through a temporary sibling.
-    assert (
-        cli.main(["train", str(tmp_path / "tiny.toml"), "train.epochs=2", "--out", str(out)]) == 0
-    )
+    # A finished run is replaced only with --overwrite.
+    again = ["train", str(tmp_path / "tiny.toml"), "train.epochs=2", "--out", str(out)]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.main(again) == 2
+    err = capsys.readouterr().err
+    assert "holds a `train` run that is complete" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert cli.main([*again, "--overwrite"]) == 0
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
 
 
-def test_sigterm_removes_the_half_written_run(tmp_path):
+def test_the_run_records_its_provenance(tmp_path):
     data = fake_fmnist(tmp_path / "data")
-    (tmp_path / "tiny.toml").write_text(TINY.replace("epochs = 1", "epochs = 100000"))
+    (tmp_path / "tiny.toml").write_text(TINY)
+    result = run_cli(
+        "train", "tiny.toml", "--out", "r", env={"SBNKIT_DATA": str(data)}, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert record["command"] == "train" and record["state"] == "complete"
+    assert record["files"] == ["config.toml", "log.jsonl", "metrics.json", "model.pt"]
+    prov = record["provenance"]
+    assert prov["command_line"] == ["sbnkit", "train", "tiny.toml", "--out", "r"]
+    assert prov["sbnkit"] == sbnkit.__version__ and prov["torch"] == torch.__version__
+    assert prov["python"] == platform.python_version() and prov["date"].startswith("20")
+    assert "git_commit" in prov
+    read = {Path(f["path"]).name: f for f in prov["data_files"]}
+    assert sorted(read) == sorted(p.name for p in data.iterdir())
+    for name, f in read.items():
+        blob = (data / name).read_bytes()
+        assert f["bytes"] == len(blob) and f["sha256"] == hashlib.sha256(blob).hexdigest()
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"sbnkit {sbnkit.__version__}"
+
+
+def _train_until(tmp_path: Path, epochs_logged: int, out: str = "run") -> subprocess.Popen:
+    """Start a long training in a subprocess; return it once ``epochs_logged`` epochs are in
+    its log (never waiting on wall time alone: a loaded machine only makes it slower)."""
+    data = fake_fmnist(tmp_path / "data")
+    (tmp_path / "long.toml").write_text(TINY.replace("epochs = 1", "epochs = 100000"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sbnkit", "train", "tiny.toml"],
+        [sys.executable, "-m", "sbnkit", "train", "long.toml", "--out", out],
         cwd=tmp_path,
         env={**os.environ, "SBNKIT_DATA": str(data)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    runs = tmp_path / "runs"
-    deadline = time.monotonic() + 120
-    while not (runs.exists() and any(runs.iterdir())) and time.monotonic() < deadline:
+    log = tmp_path / out / "log.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= epochs_logged:
+            return proc
         time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"training did not log {epochs_logged} epochs: {proc.communicate()}")
+
+
+def test_sigterm_keeps_the_finished_epochs_and_says_so(tmp_path):
+    proc = _train_until(tmp_path, 2)
     proc.terminate()
-    stdout, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and stdout == b""
-    assert not runs.exists()
+    stdout, stderr = proc.communicate(timeout=600)
+    err = stderr.decode()
+    assert proc.returncode == 143 and stdout == b"", err
+    run = tmp_path / "run"
+    logged = len((run / "log.jsonl").read_text().splitlines())
+    assert logged >= 2
+    assert f"kept config.toml, log.jsonl in {run} ({logged} finished epochs" in err
+    assert err.strip().splitlines()[-1] == "sbnkit: stopped by SIGTERM"
+    assert "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".lock",
+        "config.toml",
+        "log.jsonl",
+        "run.json",
+    ]
+    record = json.loads((run / "run.json").read_text())
+    assert record["state"] == "interrupted" and record["files"] == ["config.toml", "log.jsonl"]
+
+
+def test_sigkill_leaves_a_run_that_is_recognised_and_replaceable(tmp_path, monkeypatch, capsys):
+    proc = _train_until(tmp_path, 1)
+    proc.kill()
+    proc.communicate(timeout=600)
+    run = tmp_path / "run"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no hidden leftovers
+    assert (run / "log.jsonl").read_text().strip()
+    monkeypatch.setenv("SBNKIT_DATA", str(tmp_path / "data"))
+    argv = ["train", str(tmp_path / "long.toml"), "train.epochs=1", "--out", str(run)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "interrupted (its process was killed)" in err and "--overwrite" in err
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert json.loads((run / "run.json").read_text())["state"] == "complete"
+
+
+def test_a_run_in_progress_locks_its_folder(tmp_path, monkeypatch, capsys):
+    """Two runs into one folder: the second is refused while the first holds the lock."""
+    data = fake_fmnist(tmp_path / "data")
+    monkeypatch.setenv("SBNKIT_DATA", str(data))
+    (tmp_path / "tiny.toml").write_text(TINY)
+    out = tmp_path / "run"
+    argv = ["train", str(tmp_path / "tiny.toml"), "--out", str(out)]
+    with RunFolder(out, "train"):
+        for extra in ([], ["--overwrite"]):
+            assert cli.main([*argv, *extra]) == 2
+            assert "in use by another sbnkit process" in capsys.readouterr().err
+    assert cli.main([*argv, "--overwrite"]) == 0
 
 
 class Evil:
@@ -154,6 +243,13 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], dict[str, str]]]:
     (tmp / "notes.txt").write_text("not a checkpoint")
     (tmp / "evil.pt").write_bytes(pickle.dumps(Evil(), protocol=4))
     (tmp / "afile").write_text("")
+    (tmp / "hello.pt").write_text("hello\n")
+    (tmp / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp / "empty.toml").write_text("# nothing set\n")
+    nan_model = nn.Linear(2, 2)
+    with torch.no_grad():
+        nan_model.weight[0, 0] = float("nan")
+    checkpoint.save(tmp / "nan.pt", nan_model, {}, {})
     cfg = str(tmp / "tiny.toml")
     ok = {"SBNKIT_DATA": str(data)}
     return [
@@ -172,12 +268,20 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], dict[str, str]]]:
         ("labels-out-of-range", ["train", cfg], {"SBNKIT_DATA": str(labels)}),
         ("out-is-a-file", ["train", cfg, "--out", str(tmp / "afile")], ok),
         ("out-is-not-a-run", ["train", cfg, "--out", str(tmp)], ok),
+        ("out-is-empty", ["train", cfg, "--out", ""], ok),
+        ("empty-config", ["train", str(tmp / "empty.toml")], ok),
+        ("data-env-missing", ["train", cfg], {"SBNKIT_DATA": str(tmp / "nowhere")}),
+        ("batch-of-one-with-batchnorm", ["train", cfg, "train.batch_size=1"], ok),
         ("unknown-option", ["train", cfg, "--epochs", "3"], ok),
         ("no-command", [], ok),
         ("unknown-command", ["fly"], ok),
         ("evaluate-missing", ["evaluate", str(tmp / "none.pt")], ok),
         ("evaluate-not-checkpoint", ["evaluate", str(tmp / "notes.txt")], ok),
         ("evaluate-pickled-object", ["evaluate", str(tmp / "evil.pt")], ok),
+        ("evaluate-text-file", ["evaluate", str(tmp / "hello.pt")], ok),
+        ("evaluate-random-bytes", ["evaluate", str(tmp / "random.pt")], ok),
+        ("evaluate-nan-weights", ["evaluate", str(tmp / "nan.pt")], ok),
+        ("evaluate-a-folder", ["evaluate", str(tmp / "empty")], ok),
         ("evaluate-bad-mode", ["evaluate", str(tmp / "notes.txt"), "--mode", "best"], ok),
         ("evaluate-bad-samples", ["evaluate", str(tmp / "notes.txt"), "--samples", "0"], ok),
     ]
@@ -206,12 +310,20 @@ CASE_IDS = [
     "labels-out-of-range",
     "out-is-a-file",
     "out-is-not-a-run",
+    "out-is-empty",
+    "empty-config",
+    "data-env-missing",
+    "batch-of-one-with-batchnorm",
     "unknown-option",
     "no-command",
     "unknown-command",
     "evaluate-missing",
     "evaluate-not-checkpoint",
     "evaluate-pickled-object",
+    "evaluate-text-file",
+    "evaluate-random-bytes",
+    "evaluate-nan-weights",
+    "evaluate-a-folder",
     "evaluate-bad-mode",
     "evaluate-bad-samples",
 ]
@@ -235,6 +347,7 @@ def test_bad_input_in_process(case_id, bad_cases, tmp_path, monkeypatch, capsys)
     out = tmp_path / "runs" / "out"
     if argv and argv[0] == "train" and "--out" not in argv:
         argv = [*argv, "--out", str(out)]
+    monkeypatch.chdir(tmp_path)
     code = cli.main(argv)
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -280,3 +393,27 @@ def test_real_bugs_still_raise(monkeypatch):
                 "/nonexistent/never",
             ]
         )
+
+
+def test_any_damaged_checkpoint_is_bad_input(tmp_path):
+    """Truncations and random byte flips of a real checkpoint, and random files: every failure
+    to read one is a one-line UserError, never another exception."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    good = tmp_path / "good.pt"
+    checkpoint.save(good, model, {"a": 1}, {})
+    blob = good.read_bytes()
+    rng = np.random.default_rng(0)
+    variants = [blob[:n] for n in rng.integers(0, len(blob), 40)]
+    for _ in range(60):
+        damaged = bytearray(blob)
+        for i in rng.integers(0, len(blob), 8):
+            damaged[i] = int(rng.integers(0, 256))
+        variants.append(bytes(damaged))
+    variants += [rng.bytes(int(n)) for n in rng.integers(1, 3000, 40)]
+    bad = tmp_path / "bad.pt"
+    for blob_k in variants:
+        bad.write_bytes(blob_k)
+        try:
+            checkpoint.load(bad)
+        except UserError as exc:
+            assert "\n" not in str(exc)

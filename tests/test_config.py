@@ -10,6 +10,7 @@ from sbnkit import UserError
 from sbnkit.train.config import (
     Config,
     apply_overrides,
+    config_from_dict,
     load_config,
     parse_config,
     parse_override,
@@ -19,8 +20,10 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def test_defaults_and_sections():
-    cfg = parse_config("")
-    assert cfg == Config()
+    assert config_from_dict({}) == Config()
+    for empty in ("", "# only a comment\n"):
+        with pytest.raises(UserError, match="sets nothing.*configs/fmnist_default.toml"):
+            parse_config(empty, ["train.epochs=1"])
     cfg = parse_config(
         """
         [model]

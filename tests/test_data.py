@@ -249,3 +249,18 @@ def test_split_validation_is_seeded():
     assert torch.equal(yv, data_lib.split_validation(x, y, 0.2, seed=3)[1][1])
     with pytest.raises(UserError, match="validation fraction"):
         data_lib.split_validation(x, y, 1.0)
+
+
+def test_an_explicit_data_folder_that_does_not_exist_is_an_error(tmp_path, monkeypatch):
+    """$SBNKIT_DATA naming a missing folder never falls back to another location."""
+    write_fake_mnist(tmp_path / "cache" / "fashion-mnist")
+    monkeypatch.setattr(data_lib, "DEFAULT_ROOTS", (tmp_path / "cache",))
+    monkeypatch.setenv("SBNKIT_DATA", str(tmp_path / "missing"))
+    with pytest.raises(UserError, match=r"SBNKIT_DATA=.*missing is not a folder"):
+        data_lib.load("fashion_mnist")
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("SBNKIT_DATA", str(tmp_path / "file"))
+    with pytest.raises(UserError, match="is not a folder"):
+        data_lib.find_files("fashion_mnist")
+    monkeypatch.delenv("SBNKIT_DATA")
+    assert data_lib.find_files("fashion_mnist")[0].parent == tmp_path / "cache" / "fashion-mnist"

@@ -1,5 +1,5 @@
-"""The gradient-accuracy study (psa.md §5): toy data, per-sample gradients, metrics, the authors'
-network, the CLI."""
+"""The gradient-accuracy study (Shekhovtsov, Yanush & Flach 2020): toy data, per-sample
+gradients, metrics, the authors' network, the CLI."""
 
 import json
 import math
@@ -269,9 +269,13 @@ def test_cli_on_the_authors_network_writes_results(authors, tmp_path, capsys):
     assert net["methods"]["st"]["layers"]["layer2"]["M"] == study.m_grid(100)
     assert (out / "rmse_psa_gradeval_5-5-5_chk100.png").stat().st_size > 0
     assert (out / "cosine_psa_gradeval_5-5-5_chk100.png").stat().st_size > 0
-    (out / "stale").write_text("")
-    assert cli_main(argv) == 0  # replaced as a whole
-    assert not (out / "stale").exists()
+    assert cli_main(argv) == 2  # a finished study is replaced only with --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    (out / "rmse_psa_gradeval_5-5-5_chk100.png").unlink()
+    (out / "notes.txt").write_text("mine")
+    assert cli_main([*argv, "--overwrite"]) == 0
+    assert (out / "rmse_psa_gradeval_5-5-5_chk100.png").stat().st_size > 0
+    assert (out / "notes.txt").read_text() == "mine"  # never removes what it did not write
     assert [p.name for p in tmp_path.iterdir()] == ["ge"]
 
 
@@ -287,6 +291,7 @@ def test_cli_trains_caches_and_checks_checkpoints(tmp_path, capsys):
     assert set(json.loads((out / "gradeval.json").read_text())["networks"]) == {"chk-2"}
     chk = json.loads((out / "chk-2.json").read_text())
     assert chk["epoch"] == 2 and "exact_expected_loss" in chk
+    argv.append("--overwrite")
     assert cli_main(argv) == 0
     assert "reusing the REINFORCE checkpoints" in capsys.readouterr().err
     chk["exact_expected_loss"] += 1e-6
@@ -294,5 +299,28 @@ def test_cli_trains_caches_and_checks_checkpoints(tmp_path, capsys):
     assert cli_main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("sbnkit: error: ") and "differs from the recorded" in err[-1]
+    assert "the earlier run" in err[-2] and "is back" in err[-2]  # failed: the old run stays
+    assert json.loads((out / "chk-2.json").read_text()) == chk
     assert cli_main([*argv, "--param", "pm1"]) == 0
     assert "training with REINFORCE" in capsys.readouterr().err  # another recipe: retrained
+
+
+def test_cli_never_touches_a_folder_it_did_not_create(tmp_path, monkeypatch, capsys):
+    """The reported data-loss bug: --out naming the current project folder deleted it."""
+    project = tmp_path / "v"
+    (project / ".git").mkdir(parents=True)
+    (project / "src").mkdir()
+    (project / "src" / "thesis.tex").write_text("x")
+    monkeypatch.chdir(project)
+    argv = ["--samples", "10", "--train-checkpoints", "2", "--methods", "st", "--workers", "1"]
+    started = []
+    monkeypatch.setattr(study, "trained_networks", lambda *a, **k: started.append(1))
+    for out in ("../v", ".", str(project)):
+        assert cli_main([*argv, "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sbnkit: error: ") and "did not create" in err and "\n" not in err
+    assert cli_main([*argv, "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert not started  # refused before any compute
+    assert (project / "src" / "thesis.tex").read_text() == "x" and (project / ".git").is_dir()
+    assert sorted(p.name for p in project.iterdir()) == [".git", "src"]

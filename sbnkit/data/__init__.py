@@ -1,13 +1,15 @@
 """Data sets as in-memory tensors, their on-disk lookup, a validation split and a batch iterator.
 
 Registered data sets (:func:`names`): ``fashion_mnist``, ``mnist`` (IDX files, gzipped or raw),
-``cifar10``, ``cifar100`` (the binary distributions) and ``toy2d`` (generated, psa.md §5).
+``cifar10``, ``cifar100`` (the binary distributions) and ``toy2d`` (generated: the toy set of
+Shekhovtsov, Yanush & Flach 2020, §5).
 
 Where the files are looked for, in order (the first folder that holds all files of the split wins):
 
 1. ``root`` if given (``[data] root`` in a config): that folder, then ``root/<folder>``, and
    nothing else;
-2. ``$SBNKIT_DATA/<folder>``, and for Fashion-MNIST and CIFAR-10 also ``$SBNKIT_DATA`` itself;
+2. ``$SBNKIT_DATA/<folder>``, and for Fashion-MNIST and CIFAR-10 also ``$SBNKIT_DATA`` itself
+   (a ``$SBNKIT_DATA`` that is not a folder is an error, never skipped);
 3. ``/usr/share/datasets/<folder>`` (Debian's ``dataset-fashion-mnist`` installs here);
 4. ``~/.cache/sbnkit/<folder>``.
 
@@ -152,6 +154,11 @@ def candidate_folders(ds: Dataset, root: str | os.PathLike | None = None) -> lis
         return [Path(root).expanduser(), Path(root).expanduser() / ds.folder]
     folders = []
     env = os.environ.get("SBNKIT_DATA")
+    if env and not Path(env).expanduser().is_dir():
+        raise UserError(
+            f"SBNKIT_DATA={env} is not a folder; point it at the folder that holds the data "
+            "files, or unset it to use the default locations"
+        )
     if env:
         folders.append(Path(env).expanduser() / ds.folder)
         if ds.flat_ok:

@@ -1,4 +1,5 @@
-"""The 2-D toy classification set of the PSA gradient-accuracy experiment (psa.md §5)."""
+"""The 2-D toy classification set of the PSA gradient-accuracy experiment (Shekhovtsov,
+Yanush & Flach 2020)."""
 
 from __future__ import annotations
 

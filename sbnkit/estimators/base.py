@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..network import SBN
+from ..network import SBN, check_batch_tensor
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -20,11 +20,12 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None) -> None:
-    """Raise :class:`UserError` for a malformed batch (shape, NaN/Inf, labels out of range)."""
+    """Raise :class:`UserError` for a malformed batch: wrong shape or dtype, empty, NaN/Inf,
+    one example through training-mode BatchNorm, labels out of range."""
     if isinstance(model, SBN):
         model.check_input(x)
-    elif not isinstance(x, torch.Tensor) or not bool(torch.isfinite(x).all()):
-        raise UserError("input must be a finite torch.Tensor; clean or normalise the data first")
+    else:
+        check_batch_tensor(model, x)
     if not isinstance(y, torch.Tensor):
         raise UserError(f"targets must be a torch.Tensor, got {type(y).__name__}")
     if y.dim() == 0 or y.shape[0] != x.shape[0]:

@@ -1,4 +1,5 @@
-"""PSA: the path sample-analytic gradient estimator (Shekhovtsov, Yanush, Flach 2020; psa.md §2).
+"""PSA: the path sample-analytic gradient estimator (Shekhovtsov, Yanush & Flach 2020,
+NeurIPS).
 
 One sampled forward pass ``x^k = sign(a^k - z)`` with ``±1`` states. Every unit carries a
 *linearised flip probability* ``q`` whose value is 0 (``q - q.detach()``) and whose derivative

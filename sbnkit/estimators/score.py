@@ -1,4 +1,5 @@
-"""Unbiased sampling estimators: REINFORCE (score function) and ARM (psa.md §4)."""
+"""Unbiased sampling estimators: REINFORCE (score function) and ARM, the unbiased baselines of
+Shekhovtsov, Yanush & Flach (2020)."""
 
 from __future__ import annotations
 

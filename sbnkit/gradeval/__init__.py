@@ -1,4 +1,5 @@
-"""The gradient-accuracy study of the PSA paper (psa.md §5): toy data, study, plots, CLI."""
+"""The gradient-accuracy study of the PSA paper (Shekhovtsov, Yanush & Flach 2020): toy data,
+study, plots, CLI."""
 
 from ..data.toy import make_toy
 from .cli import cli_main

@@ -1,9 +1,11 @@
-"""``sbnkit gradeval``: the gradient-accuracy study of psa.md §5 from the command line."""
+"""``sbnkit gradeval``: the gradient-accuracy study of Shekhovtsov, Yanush & Flach (2020, §5)
+from the command line."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import UserError
 from .study import METHODS, PARAMS, PSA_ORDER_PREFIX, ExactLossMismatch, run, summary_table
@@ -32,15 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="sbnkit gradeval",
         description="Accuracy of SBN gradient estimators against the exact gradient "
-        "(relative RMSE and cosine vs the number of averaged samples; psa.md §5). Without "
-        "--network, a 2-5-5-5-1 SBN is trained with REINFORCE on the toy set and studied at "
-        "the given epochs; the checkpoints are cached in --out.",
+        "(relative RMSE and cosine vs the number of averaged samples; Shekhovtsov, Yanush & "
+        "Flach 2020, 'Path sample-analytic gradient estimators for stochastic binary networks', "
+        "§5). Without --network, a 2-5-5-5-1 SBN is trained with REINFORCE on the toy set and "
+        "studied at the given epochs; the checkpoints are kept in --out and reused by a later "
+        "run with --overwrite.",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--network",
         metavar="FILE",
-        help="a network JSON (layers, X, y), e.g. ../shared/data/psa_gradeval_5-5-5_chk100.json",
+        help="a network JSON (layers, X, y), e.g. the PSA authors' trained 2-5-5-5-1 network "
+        "(psa_gradeval_5-5-5_chk100.json, from the paper's public code)",
     )
     src.add_argument(
         "--train-checkpoints",
@@ -68,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default="runs/gradeval",
         metavar="DIR",
-        help="output directory, replaced atomically (default runs/gradeval)",
+        help="output folder: new, empty, or an earlier gradeval run with --overwrite "
+        "(default runs/gradeval)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier gradeval run in --out (reusing its REINFORCE checkpoints)",
     )
     p.add_argument("--seed", type=int, default=1, help="training and sampling seed (default 1)")
     p.add_argument(
@@ -105,6 +116,8 @@ def cli_main(argv: list[str]) -> int:
             param=args.param,
             workers=args.workers,
             log=lambda msg: print(msg, file=sys.stderr),
+            overwrite=args.overwrite,
+            argv=["sbnkit", "gradeval", *argv],
         )
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
@@ -117,5 +130,6 @@ def cli_main(argv: list[str]) -> int:
     print(summary_table(results))
     tr = results["training"]
     train = "none" if tr is None else "reused" if tr["reused"] else f"{tr['time_train_s']:.1f} s"
-    print(f"study {results['timings']['study_s']:.1f} s; training {train}; results in {args.out}")
+    where = Path(args.out).absolute()
+    print(f"study {results['timings']['study_s']:.1f} s; training {train}; results in {where}")
     return 0

@@ -9,15 +9,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..runfolder import RunFolder  # noqa: E402
+
 
 def _panels(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
     return fig, list(axes[0])
 
 
-def plot_network(res: dict, out_dir: Path, label: str) -> list[Path]:
+def _save(fig: plt.Figure, folder: RunFolder, name: str) -> Path:
+    with folder.target(name) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return folder.path / name
+
+
+def plot_network(res: dict, folder: RunFolder, label: str) -> list[Path]:
     """Write ``rmse_<label>.png`` and ``cosine_<label>.png`` for one network's results
-    (``res`` as returned by :func:`sbnkit.gradeval.study.study_network`); returns the paths."""
+    (``res`` as returned by :func:`sbnkit.gradeval.study.study_network`) into ``folder``;
+    returns the paths."""
     methods = res["methods"]
     if not methods:
         return []
@@ -39,9 +49,7 @@ def plot_network(res: dict, out_dir: Path, label: str) -> list[Path]:
     axes[0].set_ylabel("relative RMSE")
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(out_dir / f"rmse_{label}.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, folder, f"rmse_{label}.png"))
 
     fig, axes = _panels(len(names))
     for ax, nm in zip(axes, names, strict=True):
@@ -57,7 +65,5 @@ def plot_network(res: dict, out_dir: Path, label: str) -> list[Path]:
     axes[0].set_ylabel("cosine to the exact gradient")
     axes[-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    paths.append(out_dir / f"cosine_{label}.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, folder, f"cosine_{label}.png"))
     return paths

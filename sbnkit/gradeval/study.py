@@ -1,4 +1,5 @@
-"""The gradient-accuracy study of the PSA paper (psa.md §5), computed with sbnkit's estimators.
+"""The gradient-accuracy study of the PSA paper (Shekhovtsov, Yanush & Flach 2020), computed
+with sbnkit's estimators.
 
 A small SBN (default 2-5-5-5-1) on the 2-D toy set; ground truth is the exact gradient of
 ``mean_n E[softplus(-y_n η_n)]`` by enumeration; every method draws ``N`` single-sample estimates
@@ -18,14 +19,11 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import os
-import shutil
-import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -37,6 +35,8 @@ from ..data.toy import make_toy
 from ..errors import UserError
 from ..models import mlp
 from ..network import SBN, Stage
+from ..provenance import provenance
+from ..runfolder import RunFolder, check_folder
 
 LAYER_SIZES = (2, 5, 5, 5, 1)
 M_GRID = tuple(m * 10**k for k in range(4) for m in range(1, 10))
@@ -60,10 +60,10 @@ TRAIN_DEFAULTS = {"lr": 0.03, "momentum": 0.9, "batch": 10, "n_per_class": 100, 
 SAVED_EPOCHS = (1, 100, 2000)
 
 PAPER_PROVENANCE = (
-    "read by eye from the authors' published plots (psa.md §5), about ±20%; layers 0-2 are the "
-    "binary layers"
+    "read by eye from the authors' published plots (gradient-accuracy figure), about ±20%; "
+    "layers 0-2 are the binary layers"
 )
-PAPER_RMSE_M1 = {  # psa.md §5 table, relative RMSE at M = 1, layers 0-2
+PAPER_RMSE_M1 = {  # the PSA paper's gradient-accuracy figure, relative RMSE at M = 1, layers 0-2
     100: {
         "psa": [0.16, 0.38, 0.43],
         "st": [0.22, 0.55, 0.55],
@@ -152,8 +152,9 @@ def reparam_grads(grads: Sequence[torch.Tensor], model: SBN, param: str) -> list
 
 @torch.no_grad()
 def ap2_init_(model: SBN, X: torch.Tensor) -> None:
-    """AP2-init (psa.md §7.2) in the ±1 encoding: standardise each binary layer's pre-activation
-    with moments propagated from the data's per-feature mean and variance.
+    """AP2-init (the moment-propagation init of the PSA authors' public code) in the ±1
+    encoding: standardise each binary layer's pre-activation with moments propagated from the data's
+    per-feature mean and variance.
 
     ``μ = W m + b``, ``v = W² s + 1e-10``; ``W ← W/√v``, ``b ← (b - μ)/√v``. The units are then
     ``±1`` with probability 1/2 each, so the next layer sees ``m = 0``, ``s = 1``. The output
@@ -256,7 +257,8 @@ def train_reinforce(
     batch: int = 10,
     param: str = "01",
 ) -> dict[int, dict[str, torch.Tensor]]:
-    """Train with REINFORCE (no baseline, psa.md §5): SGD with momentum, reshuffled batches.
+    """Train with REINFORCE (no baseline, as the PSA paper's studied network): SGD with
+    momentum, reshuffled batches.
 
     SGD runs on the weights of parametrization ``param`` (see :data:`PARAMS`; with ``"01"`` the
     same lr moves the ±1 weights about 4x less than with ``"pm1"``). Returns the state dicts
@@ -735,31 +737,9 @@ def summary_table(results: dict) -> str:
 # --------------------------------------------------------------------------- orchestration
 
 
-@contextmanager
-def atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of ``out_dir``; on success it replaces ``out_dir``."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {str(out_dir)!r} exists and is not a directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
 def train_config(seed: int, param: str = "01") -> dict:
-    """The REINFORCE training recipe of psa.md §5 with this init/training seed and SGD
-    parametrization (see :func:`train_reinforce`)."""
+    """The REINFORCE training recipe of the PSA paper's gradient-accuracy experiment with this
+    init/training seed and SGD parametrization (see :func:`train_reinforce`)."""
     return {
         "method": "reinforce",
         "sizes": list(LAYER_SIZES),
@@ -771,9 +751,11 @@ def train_config(seed: int, param: str = "01") -> dict:
     }
 
 
-def _cached_training(cache_dir: Path, cfg: dict, epochs: Sequence[int]) -> tuple[dict, dict]:
+def _cached_training(cache_dir: Path | None, cfg: dict, epochs: Sequence[int]) -> tuple[dict, dict]:
     """``(networks by epoch, record)`` from ``cache_dir`` if it matches ``cfg`` and holds every
     epoch; empty dicts otherwise."""
+    if cache_dir is None:
+        return {}, {}
     try:
         record = json.loads((cache_dir / "training.json").read_text())
         if record["config"] != cfg or not set(epochs) <= set(record["epochs"]):
@@ -785,13 +767,13 @@ def _cached_training(cache_dir: Path, cfg: dict, epochs: Sequence[int]) -> tuple
 
 
 def trained_networks(
-    cache_dir: Path, epochs: Sequence[int], seed: int, param: str = "01", log: Log = print
+    cache_dir: Path | None, epochs: Sequence[int], seed: int, param: str = "01", log: Log = print
 ) -> tuple[dict[int, dict], dict]:
     """Network dicts (:func:`network_to_json` format) by epoch, and the training record.
 
-    Reuses ``cache_dir/training.json`` and ``chk-<epoch>.json`` when the recipe matches and every
-    requested epoch is there; otherwise trains to ``max(epochs)``, keeping the requested epochs
-    and 1, 100, 2000 on the way.
+    Reuses ``cache_dir/training.json`` and ``chk-<epoch>.json`` (an earlier study's output) when
+    the recipe matches and every requested epoch is there; otherwise trains to ``max(epochs)``,
+    keeping the requested epochs and 1, 100, 2000 on the way.
     """
     cfg = train_config(seed, param)
     nets, record = _cached_training(cache_dir, cfg, epochs)
@@ -866,15 +848,21 @@ def run(
     workers: int = 2,
     chunk_rows: int = 200_000,
     log: Log = print,
+    overwrite: bool = False,
+    argv: Sequence[str] | None = None,
 ) -> dict:
     """Run the study on ``network`` (a JSON file) or on REINFORCE-trained checkpoints, and write
-    ``gradeval.json``, the PNG plots and the checkpoints atomically into ``out_dir``.
+    ``gradeval.json``, the PNG plots and the checkpoints into the run folder ``out_dir``
+    (:class:`~sbnkit.runfolder.RunFolder`: checked before any compute; an earlier study there is
+    replaced only with ``overwrite``, and its REINFORCE checkpoints are reused when the recipe
+    matches). ``argv`` is the command line recorded in the run's provenance.
 
     ``param`` (:data:`PARAMS`) is the parametrization both of the training's SGD and of the
     gradients whose errors are measured; the relative errors of layers reading binary units
     depend on it, and the paper's are those of ``"01"``. The samples are drawn by ``workers``
     processes with one torch thread each (``1``: in this process, also with one thread).
-    Returns the results dict.
+    Returns the results dict. Raises :class:`~sbnkit.errors.UserError` for bad arguments, an
+    unusable output folder or a bad network file.
     """
     from .plots import plot_network  # not at module level: worker processes need no matplotlib
 
@@ -887,22 +875,31 @@ def run(
         raise UserError("no methods given; pass at least one gradeval method")
     for name in methods:
         resolve_method(name)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {str(out_dir)!r} exists and is not a directory")
+    epochs = sorted({int(e) for e in train_checkpoints})
+    if network is None and (not epochs or epochs[0] < 1):
+        raise UserError(f"training checkpoints must be positive epochs, got {epochs}")
+    check_folder(out_dir, "gradeval", overwrite=overwrite)
+    loaded = load_network(network) if network is not None else None
+    files = [] if network is None else [network]
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     pool = None
-    try:
+    with ExitStack() as stack:
+        rf = stack.enter_context(
+            RunFolder(
+                out_dir,
+                "gradeval",
+                overwrite=overwrite,
+                provenance=provenance(argv, files),
+                report=log,
+            )
+        )
+        stack.callback(torch.set_num_threads, saved_threads)
         training = None
-        if network is not None:
-            model, X, y, data = load_network(network)
-            nets = {Path(network).stem: (model, X, y, data)}
+        if loaded is not None:
+            nets = {Path(network).stem: loaded}
         else:
-            epochs = sorted({int(e) for e in train_checkpoints})
-            if not epochs or epochs[0] < 1:
-                raise UserError(f"training checkpoints must be positive epochs, got {epochs}")
-            saved, training = trained_networks(out_dir, epochs, seed, param, log)
+            saved, training = trained_networks(rf.previous, epochs, seed, param, log)
             nets = {
                 f"chk-{e}": (*network_from_json(saved[e], f"chk-{e}"), saved[e]) for e in epochs
             }
@@ -928,6 +925,7 @@ def run(
                 initializer=torch.set_num_threads,
                 initargs=(1,),
             )
+            stack.callback(pool.shutdown, cancel_futures=True)
         for label, (model, X, y, data) in nets.items():
             res = _study_one(
                 label, model, X, y, data, methods, samples, seed, chunk_rows, pool, param, log
@@ -940,17 +938,12 @@ def run(
             if training is None or training["reused"]
             else training["time_train_s"],
         }
-        with atomic_dir(out_dir) as tmp:
-            if training is not None:
-                for e, net in saved.items():
-                    (tmp / f"chk-{e}.json").write_text(json.dumps(net))
-                record = {k: v for k, v in training.items() if k != "reused"}
-                (tmp / "training.json").write_text(json.dumps(record, indent=1))
-            (tmp / "gradeval.json").write_text(json.dumps(results, indent=1))
-            for label, res in results["networks"].items():
-                plot_network(res, tmp, label)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-        torch.set_num_threads(saved_threads)
+        if training is not None:
+            for e, net in saved.items():
+                rf.write_text(f"chk-{e}.json", json.dumps(net))
+            record = {k: v for k, v in training.items() if k != "reused"}
+            rf.write_text("training.json", json.dumps(record, indent=1))
+        rf.write_text("gradeval.json", json.dumps(results, indent=1))
+        for label, res in results["networks"].items():
+            plot_network(res, rf, label)
     return results

@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,11 @@ def save(
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    """``{"config": dict, "metrics": dict, "state_dict": dict}`` from the checkpoint ``path``."""
+    """``{"config": dict, "metrics": dict, "state_dict": dict}`` from the checkpoint ``path``.
+
+    Raises :class:`~sbnkit.errors.UserError` for a missing, unreadable, foreign, damaged or
+    non-finite checkpoint; never unpickles anything but tensors and plain data.
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -63,9 +66,16 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
             f"refusing to load {path}: it is not a weights-only checkpoint written by sbnkit "
             "(pickled objects other than tensors and plain data are never loaded)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+    except IsADirectoryError:
+        raise UserError(f"checkpoint {path} is a folder; pass the model.pt inside it") from None
+    except OSError as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # torch's loader raises many types on damaged files
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path} is not a readable sbnkit checkpoint ({first})") from None
+        raise UserError(
+            f"{path} is not a readable sbnkit checkpoint ({type(exc).__name__}: {first[:120]}); "
+            "pass the model.pt of a run"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not an sbnkit checkpoint; pass the model.pt of a run")
     if payload.get("version") != VERSION:
@@ -81,4 +91,14 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} is incomplete or damaged; re-run training") from None
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise UserError(f"checkpoint {path} is incomplete or damaged; re-run training")
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise UserError(
+                f"checkpoint {path} is damaged ({name} is not a tensor); re-run training"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(
+                f"checkpoint {path} holds non-finite values (NaN or Inf in {name}): the training "
+                "diverged; re-train with lower learning rates or train.grad_clip"
+            )
     return {"config": config, "metrics": metrics, "state_dict": state}

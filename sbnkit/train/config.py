@@ -267,6 +267,11 @@ def check(cfg: Config) -> Config:
         ("eval.batch_size", e.batch_size),
     ):
         _positive(key, value)
+    if t.batch_size == 1 and m.norm == "batch" and m.name == "mlp":
+        raise UserError(
+            'train.batch_size = 1 cannot train BatchNorm (model.norm = "batch"); use a larger '
+            'batch or model.norm = "affine"'
+        )
     _choice("train.lr_schedule", t.lr_schedule, SCHEDULES)
     _positive("train.lr_gamma", t.lr_gamma)
     _positive("train.grad_clip", t.grad_clip, allow_zero=True)
@@ -325,12 +330,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def parse_config(text: str, overrides: list[str] | None = None, source: str = "config") -> Config:
-    """A validated :class:`Config` from TOML ``text`` and command-line ``overrides``."""
+    """A validated :class:`Config` from TOML ``text`` and command-line ``overrides``.
+
+    Raises :class:`~sbnkit.errors.UserError` for malformed or empty TOML, unknown keys, wrong
+    types and bad values.
+    """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         msg = " ".join(str(exc).split())
         raise UserError(f"malformed TOML in {source}: {msg}") from None
+    if not raw:
+        raise UserError(
+            f"{source} sets nothing, so every setting would be a built-in default; "
+            "start from configs/fmnist_default.toml"
+        )
     return config_from_dict(apply_overrides(raw, list(overrides or [])))
 
 

@@ -1,14 +1,16 @@
 """The training loop: build everything from a :class:`Config`, train, log, evaluate.
 
 :func:`prepare` seeds, loads the data and builds the model, estimator and optimizers without
-writing anything, so every bad input fails before a run directory exists. :func:`fit` trains,
-appending one JSON line per epoch to ``log.jsonl`` in the run directory, and returns the final
-metrics.
+writing anything, so every bad input fails before a run folder exists. :func:`fit` trains,
+hands one record per finished epoch to its ``on_epoch`` callback (the CLI appends it to
+``log.jsonl``), and returns the final metrics.
+
+Metric names say which network they measure: ``*_mode`` is the deterministic mode network,
+``*_sample`` one random network, ``*_ensemble`` the average of ``eval.samples`` random networks.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,6 +98,7 @@ class Run:
     train: Tensors
     val: Tensors | None
     test: Tensors
+    data_files: list[Path]
 
 
 def prepare(cfg: Config) -> Run:
@@ -102,6 +106,7 @@ def prepare(cfg: Config) -> Run:
     torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     d = cfg.data
+    files = [p for split in data_lib.SPLITS for p in data_lib.find_files(d.name, split, d.root)]
     train = data_lib.load(d.name, "train", d.root or None, d.standardize)
     test = data_lib.load(d.name, "test", d.root or None, d.standardize)
     val = None
@@ -114,7 +119,7 @@ def prepare(cfg: Config) -> Run:
         )
     model = build_model(cfg)
     estimator = estimators.get(cfg.estimator.name, **cfg.estimator.options)
-    return Run(cfg, model, estimator, build_optimizers(cfg, model), train, val, test)
+    return Run(cfg, model, estimator, build_optimizers(cfg, model), train, val, test, files)
 
 
 def _lr_factor(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
@@ -129,16 +134,18 @@ def _lr_factor(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
 
 def fit(
     run: Run,
-    out_dir: str | Path,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, float | int]:
-    """Train ``run`` for ``config.train.epochs`` epochs, logging to ``out_dir/log.jsonl``.
+    """Train ``run`` for ``config.train.epochs`` epochs.
 
-    ``progress``: show a tqdm bar on stderr (default: when stderr is a terminal); ``echo``
-    receives a one-line summary per epoch. Returns the final metrics (see
-    :func:`~sbnkit.train.metrics.final_metrics`) plus ``epochs``, ``seconds`` and
-    ``train_seconds``.
+    ``on_epoch`` receives each finished epoch's record (``epoch``, ``train_loss``,
+    ``test_acc_mode``, ``test_nll_mode``, ``val_*_mode`` with a validation split, ``seconds``,
+    ``elapsed``, learning rates); ``progress``: show a tqdm bar on stderr (default: when stderr
+    is a terminal); ``echo`` receives a one-line summary per epoch. Returns the final metrics
+    (see :func:`~sbnkit.train.metrics.final_metrics`) plus ``epochs``, ``seconds`` and
+    ``train_seconds``. Raises :class:`~sbnkit.errors.UserError` when the loss diverges.
     """
     cfg, model, est = run.config, run.model, run.estimator
     t, e = cfg.train, cfg.eval
@@ -162,69 +169,67 @@ def fit(
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in run.optimizers.values()]
     params = [p for p in model.parameters() if p.requires_grad]
     train_seconds = 0.0
-    log_path = Path(out_dir) / "log.jsonl"
-    with open(log_path, "a", encoding="utf-8") as log:
-        for epoch in range(1, t.epochs + 1):
-            lrs = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in run.optimizers.items()}
-            model.train()
-            tic, total, steps = time.perf_counter(), 0.0, 0
-            bar = tqdm(
-                batches,
-                desc=f"epoch {epoch}/{t.epochs}",
-                leave=False,
-                disable=not progress,
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
-            for xb, yb in bar:
-                loss = est.loss(model, xb, yb)
-                for o in run.optimizers.values():
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip > 0:
-                    for p in params:
-                        if p.grad is not None:
-                            p.grad.clamp_(-t.grad_clip, t.grad_clip)
-                for o in run.optimizers.values():
-                    o.step()
-                clip_latents_(model)
-                for s in schedulers:
-                    s.step()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise UserError(
-                        f"training diverged (loss {value} in epoch {epoch}); lower the learning "
-                        "rates or set train.grad_clip"
-                    )
-                total, steps = total + value, steps + 1
-                if steps % 20 == 0:
-                    bar.set_postfix(loss=f"{total / steps:.4f}")
-            seconds = time.perf_counter() - tic
-            train_seconds += seconds
-            record = {"epoch": epoch, "train_loss": total / steps}
-            if run.val is not None:
-                val = evaluate(model, *run.val, "mode", batch_size=e.batch_size)
-                record.update(val_acc=val["acc"], val_nll=val["nll"])
-            test = evaluate(model, *run.test, "mode", batch_size=e.batch_size)
-            record.update(
-                test_acc=test["acc"],
-                test_nll=test["nll"],
-                seconds=round(seconds, 3),
-                elapsed=round(time.perf_counter() - start, 3),
-                **lrs,
-            )
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            if echo is not None:
-                extra = f" val_acc {record['val_acc']:.4f}" if run.val is not None else ""
-                echo(
-                    f"epoch {epoch}/{t.epochs}: loss {record['train_loss']:.4f}{extra} "
-                    f"test_acc {test['acc']:.4f} ({seconds:.1f}s)"
+    for epoch in range(1, t.epochs + 1):
+        lrs = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in run.optimizers.items()}
+        model.train()
+        tic, total, steps = time.perf_counter(), 0.0, 0
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch}/{t.epochs}",
+            leave=False,
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        for xb, yb in bar:
+            loss = est.loss(model, xb, yb)
+            for o in run.optimizers.values():
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.clamp_(-t.grad_clip, t.grad_clip)
+            for o in run.optimizers.values():
+                o.step()
+            clip_latents_(model)
+            for s in schedulers:
+                s.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise UserError(
+                    f"training diverged (loss {value} in epoch {epoch}); lower the learning "
+                    "rates or set train.grad_clip"
                 )
+            total, steps = total + value, steps + 1
+            if steps % 20 == 0:
+                bar.set_postfix(loss=f"{total / steps:.4f}")
+        seconds = time.perf_counter() - tic
+        train_seconds += seconds
+        record = {"epoch": epoch, "train_loss": total / steps}
+        if run.val is not None:
+            val = evaluate(model, *run.val, "mode", batch_size=e.batch_size)
+            record.update(val_acc_mode=val["acc"], val_nll_mode=val["nll"])
+        test = evaluate(model, *run.test, "mode", batch_size=e.batch_size)
+        record.update(
+            test_acc_mode=test["acc"],
+            test_nll_mode=test["nll"],
+            seconds=round(seconds, 3),
+            elapsed=round(time.perf_counter() - start, 3),
+            **lrs,
+        )
+        if on_epoch is not None:
+            on_epoch(record)
+        if echo is not None:
+            extra = f" val_acc {record['val_acc_mode']:.4f}" if run.val is not None else ""
+            echo(
+                f"epoch {epoch}/{t.epochs}: loss {record['train_loss']:.4f}{extra} "
+                f"test_acc {test['acc']:.4f} ({seconds:.1f}s)"
+            )
     metrics = final_metrics(model, *run.test, e.samples, e.batch_size)
     if run.val is not None:
         val = evaluate(model, *run.val, "mode", batch_size=e.batch_size)
-        metrics.update(val_acc=val["acc"], val_nll=val["nll"])
+        metrics.update(val_acc_mode=val["acc"], val_nll_mode=val["nll"])
     metrics.update(
         epochs=t.epochs,
         train_seconds=round(train_seconds, 3),

@@ -31,22 +31,19 @@ def final_metrics(
     batch_size: int,
     prefix: str = "test",
 ) -> dict[str, float | int]:
-    """Accuracy and NLL of the mode network, one sample and the ``samples``-sample ensemble.
-
-    ``{prefix}_acc`` / ``{prefix}_nll_mode`` are the mode network's; ``{prefix}_nll`` is the
-    ensemble's NLL.
-    """
+    """Accuracy and NLL of the mode network, one sample and the ``samples``-sample ensemble:
+    ``{prefix}_{acc,nll}_{mode,sample,ensemble}``, ``ensemble_samples`` and ``eval_seconds``."""
     start = time.perf_counter()
     mode = evaluate(model, x, y, "mode", samples, batch_size)
     one = evaluate(model, x, y, "sample", samples, batch_size)
     ens = evaluate(model, x, y, "ensemble", samples, batch_size)
     return {
-        f"{prefix}_acc": mode["acc"],
+        f"{prefix}_acc_mode": mode["acc"],
         f"{prefix}_nll_mode": mode["nll"],
         f"{prefix}_acc_sample": one["acc"],
         f"{prefix}_nll_sample": one["nll"],
         f"{prefix}_acc_ensemble": ens["acc"],
-        f"{prefix}_nll": ens["nll"],
+        f"{prefix}_nll_ensemble": ens["nll"],
         "ensemble_samples": samples,
         "eval_seconds": round(time.perf_counter() - start, 3),
     }

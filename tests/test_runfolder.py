@@ -1,0 +1,137 @@
+"""Run folders: refuse what sbnkit did not create, keep finished work, remove only own files."""
+
+import json
+
+import pytest
+
+from sbnkit import UserError
+from sbnkit.runfolder import RunFolder, check_folder, read_record
+
+
+def _fail(folder, **kwargs):
+    """Open a run in ``folder``, let ``body(rf)`` write, then fail; returns the report lines."""
+    lines = []
+    body = kwargs.pop("body")
+    with pytest.raises(RuntimeError), RunFolder(folder, "job", report=lines.append, **kwargs) as rf:
+        body(rf)
+        raise RuntimeError("boom")
+    return lines
+
+
+def test_a_finished_run_records_its_files_and_state(tmp_path):
+    out = tmp_path / "a" / "b"
+    with RunFolder(out, "job", provenance={"k": 1}) as rf:
+        rf.write_text("x.txt", "x")
+        rf.append_line("log.jsonl", "1", progress="one")
+        rf.append_line("log.jsonl", "2")
+        assert read_record(out)["state"] == "running"
+    record = read_record(out)
+    assert record["state"] == "complete" and record["files"] == ["log.jsonl", "x.txt"]
+    assert record["provenance"] == {"k": 1} and record["progress"] == "one"
+    assert (out / "log.jsonl").read_text() == "1\n2\n"
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "log.jsonl", "run.json", "x.txt"]
+
+
+def test_a_failure_without_finished_work_removes_what_it_created(tmp_path):
+    out = tmp_path / "new" / "deeper" / "run"
+    lines = _fail(out, body=lambda rf: rf.write_text("x.txt", "x", keep=True))
+    assert not (tmp_path / "new").exists() and lines == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _fail(empty, body=lambda rf: rf.write_text("x.txt", "x"))
+    assert empty.is_dir() and not list(empty.iterdir())  # it existed before: it stays
+
+
+def test_a_failure_keeps_the_finished_work_and_says_so(tmp_path):
+    out = tmp_path / "run"
+
+    def body(rf):
+        rf.write_text("config.toml", "c", keep=True)
+        rf.write_text("model.pt", "m")
+        rf.append_line("log.jsonl", "{}", progress="1 finished epoch")
+
+    lines = _fail(out, body=body)
+    assert lines == [
+        f"sbnkit: kept config.toml, log.jsonl in {out} (1 finished epoch); the run did not finish"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lock",
+        "config.toml",
+        "log.jsonl",
+        "run.json",
+    ]
+    record = read_record(out)
+    assert record["state"] == "interrupted" and record["files"] == ["config.toml", "log.jsonl"]
+
+
+def test_folders_it_did_not_create_are_refused_and_untouched(tmp_path):
+    mine = tmp_path / "project"
+    (mine / "src").mkdir(parents=True)
+    (mine / "run.json").write_text(json.dumps({"format": "other"}))
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="sbnkit did not create"):
+            RunFolder(mine, "job", overwrite=overwrite)
+    (tmp_path / "file").write_text("f")
+    with pytest.raises(UserError, match="is not a folder"):
+        check_folder(tmp_path / "file", "job")
+    for empty in ("", "  ", None):
+        with pytest.raises(UserError, match="--out is empty"):
+            check_folder(empty, "job")
+    assert sorted(p.name for p in mine.iterdir()) == ["run.json", "src"]
+
+
+def test_another_command_or_a_finished_run_needs_consent(tmp_path):
+    out = tmp_path / "run"
+    with RunFolder(out, "job") as rf:
+        rf.write_text("a.txt", "old")
+    with pytest.raises(UserError, match="not a `other` run"):
+        check_folder(out, "other", overwrite=True)
+    with pytest.raises(UserError, match="run that is complete.*--overwrite"):
+        check_folder(out, "job")
+    assert check_folder(out, "job", overwrite=True) == out
+
+
+def test_overwrite_replaces_the_run_and_restores_it_after_an_early_failure(tmp_path):
+    out = tmp_path / "run"
+    with RunFolder(out, "job") as rf:
+        rf.write_text("a.txt", "old a")
+        rf.write_text("b.txt", "old b")
+    (out / "mine.txt").write_text("user's")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
+
+    def body(rf):
+        assert (rf.previous / "a.txt").read_text() == "old a"
+        assert not (out / "a.txt").exists()
+        rf.write_text("a.txt", "new a")
+
+    lines = _fail(out, body=body, overwrite=True)
+    assert lines == [f"sbnkit: nothing was finished; the earlier run in {out} is back"]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
+    with RunFolder(out, "job", overwrite=True) as rf:
+        rf.write_text("a.txt", "new a")
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "a.txt", "mine.txt", "run.json"]
+    assert (out / "a.txt").read_text() == "new a" and read_record(out)["files"] == ["a.txt"]
+
+
+def test_one_writer_at_a_time(tmp_path):
+    out = tmp_path / "run"
+    with RunFolder(out, "job") as rf:
+        rf.write_text("a.txt", "a")
+        for overwrite in (False, True):
+            with pytest.raises(UserError, match="in use by another sbnkit process"):
+                RunFolder(out, "job", overwrite=overwrite)
+    with RunFolder(out, "job", overwrite=True):
+        pass
+
+
+def test_writes_are_atomic_and_names_are_checked(tmp_path):
+    with RunFolder(tmp_path / "run", "job") as rf:
+        rf.write_text("a.txt", "old")
+        with pytest.raises(OSError), rf.target("a.txt") as tmp:
+            tmp.write_text("half")
+            raise OSError("disk full")
+        assert (rf.path / "a.txt").read_text() == "old"
+        assert sorted(p.name for p in rf.path.iterdir()) == [".lock", "a.txt", "run.json"]
+        for name in ("run.json", ".lock", "sub/x", ".hidden"):
+            with pytest.raises(ValueError, match="not a file name"):
+                rf.write_text(name, "x")
