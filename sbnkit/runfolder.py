@@ -110,7 +110,7 @@ def check_folder(
     """
     if path is None or not str(path).strip():
         raise UserError(f"{option} is empty; pass the name of a new folder")
-    folder = Path(path).expanduser().absolute()
+    folder = Path(os.path.abspath(Path(path).expanduser()))
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{option} {folder} exists and is not a folder; pass another {option}")
     if not folder.is_dir():
