@@ -16,11 +16,13 @@ Bad input prints one line ``sbnkit: error: ...`` to stderr, writes nothing and e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -28,13 +30,24 @@ from tqdm import tqdm
 
 from . import __version__
 from . import data as data_lib
-from .errors import UserError
+from .errors import Stopped, StopSignal, UserError
 from .inference import EVAL_MODES
 from .provenance import provenance
 from .runfolder import RunFolder, check_folder
-from .train import build_model, checkpoint, config_from_dict, fit, load_config, prepare
+from .train import (
+    Config,
+    build_model,
+    checkpoint,
+    config_from_dict,
+    fit,
+    load_config,
+    prepare,
+    state,
+)
 from .train.loop import seed_everything
 from .train.metrics import evaluate
+
+STATE_FILE = "checkpoint.pt"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         help="train a model from a TOML config",
         description="Train a model from a TOML config.",
     )
-    train.add_argument("config", help="the TOML config file")
+    train.add_argument("config", nargs="?", help="the TOML config file (not with --resume)")
     train.add_argument(
         "overrides",
         nargs="*",
@@ -65,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace an earlier run in the run folder (it comes back if this run fails early)",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the unfinished run in DIR from its saved training state, bit for bit",
     )
     train.set_defaults(func=_train)
     ev = sub.add_parser(
@@ -96,24 +114,92 @@ def _echo(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
+def _train_setup(args: argparse.Namespace) -> tuple[Config, Path, dict | None]:
+    """``(config, run folder, saved training state or None)``, checked before any compute."""
+    if args.resume is None:
+        if args.config is None:
+            raise UserError("pass the TOML config to train, or --resume DIR")
+        cfg = load_config(args.config, args.overrides)
+        out = args.out if args.out is not None else Path("runs") / Path(args.config).stem
+        folder = check_folder(out, "train", overwrite=args.overwrite, can_resume=True)
+        return cfg, folder, None
+    if args.config is not None or args.overrides or args.out is not None or args.overwrite:
+        raise UserError(
+            "--resume DIR continues a run with its own config.toml: pass no config, overrides, "
+            "--out or --overwrite with it"
+        )
+    folder = check_folder(args.resume, "train", resume=True, option="--resume")
+    if not (folder / STATE_FILE).is_file():
+        raise UserError(
+            f"{folder} holds no saved training state ({STATE_FILE}): it stopped before its "
+            f"first checkpoint; start it again with --overwrite"
+        )
+    saved = state.load(folder / STATE_FILE)
+    return load_config(folder / "config.toml"), folder, saved
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: StopSignal) -> Iterator[None]:
+    """While training, SIGTERM and Ctrl-C ask the loop to save and stop (a second one stops
+    at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request(signum: int, frame: object) -> None:
+        if stop:
+            raise Stopped(signum)
+        stop.signum = signum
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    out = args.out if args.out is not None else Path("runs") / Path(args.config).stem
-    check_folder(out, "train", overwrite=args.overwrite)
+    cfg, out, saved = _train_setup(args)
     run = prepare(cfg)
     record = provenance(args.argv, run.data_files)
-    with RunFolder(out, "train", overwrite=args.overwrite, provenance=record, report=_echo) as rf:
-        rf.write_text("config.toml", cfg.to_toml(), keep=True)
+    with RunFolder(
+        out,
+        "train",
+        overwrite=args.overwrite,
+        resume=saved is not None,
+        provenance=record,
+        report=_echo,
+    ) as rf:
+        if saved is None:
+            rf.write_text("config.toml", cfg.to_toml(), keep=True)
+        else:
+            lines = (rf.path / "log.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+            rf.write_text("log.jsonl", "".join(lines[: saved["position"].logged]), keep=True)
 
         def log_epoch(entry: dict) -> None:
             n = entry["epoch"]
-            done = f"{n} finished epoch{'s' * (n > 1)} in log.jsonl"
-            rf.append_line("log.jsonl", json.dumps(entry), progress=done)
+            rf.append_line("log.jsonl", json.dumps(entry), progress=_done(n))
 
-        metrics = fit(run, on_epoch=log_epoch, echo=_echo)
+        def save_state(at: state.LoopPosition, write: Callable[[Path], None]) -> None:
+            with rf.target(STATE_FILE, keep=True) as tmp:
+                write(tmp)
+            where = f"epoch {at.epoch} step {at.step}" if at.step else f"epoch {at.logged}'s end"
+            rf.set_progress(
+                f"{_done(at.logged)}; training state at {where} in {STATE_FILE}: continue with "
+                f"`sbnkit train --resume {rf.path}`"
+            )
+
+        stop = StopSignal()
+        with _stop_on_signals(stop):
+            metrics = fit(
+                run, on_epoch=log_epoch, echo=_echo, save_state=save_state, stop=stop, resume=saved
+            )
         with rf.target("model.pt") as tmp:
             checkpoint.save(tmp, run.model, cfg.to_dict(), metrics)
         rf.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
+        if STATE_FILE in rf.written:
+            rf.remove(STATE_FILE)
     k = metrics["ensemble_samples"]
     for label, key in (
         ("mode network", "mode"),
@@ -126,6 +212,10 @@ def _train(args: argparse.Namespace) -> int:
         )
     print(f"{metrics['epochs']} epochs in {metrics['seconds']:.0f} s; run saved to {rf.path}")
     return 0
+
+
+def _done(epochs: int) -> str:
+    return f"{epochs} finished epoch{'s' * (epochs != 1)} in log.jsonl"
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -171,12 +261,8 @@ def _os_message(exc: OSError) -> str:
     return f"cannot access{where}: {what}"
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived: unwind (run folders keep finished work), then exit 128 + 15."""
-
-
 def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
+    raise Stopped(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +294,8 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("sbnkit: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
-    except _Terminated:
-        print("sbnkit: stopped by SIGTERM", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Stopped as exc:
+        print(f"sbnkit: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     print(f"sbnkit: error: {message}", file=sys.stderr)
     return 2

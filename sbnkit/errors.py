@@ -1,4 +1,5 @@
-"""The one exception type for bad input; the CLI turns it into a one-line message and exit 2."""
+"""The exceptions the CLI maps to exit codes: :class:`UserError` (bad input, one line, exit 2) and
+:class:`Stopped` (a signal asked a run to stop, exit 128 + signal)."""
 
 
 class UserError(ValueError):
@@ -6,3 +7,25 @@ class UserError(ValueError):
 
     The message is a single line that names the problem and how to fix it.
     """
+
+
+class Stopped(BaseException):
+    """A signal (SIGTERM, SIGINT) asked the command to stop; finished work has been kept.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` does not swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopSignal:
+    """Set by a signal handler (``signum``); long loops poll it, keep their work, then raise
+    :class:`Stopped`."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def __bool__(self) -> bool:
+        return self.signum != 0

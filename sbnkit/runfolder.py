@@ -92,6 +92,7 @@ def _locked(folder: Path) -> bool:
 
 
 def _describe(folder: Path, record: dict[str, Any]) -> str:
+    """One phrase: what ``folder``'s run is and how far it got."""
     state = record.get("state")
     if state == "running":
         state = "interrupted (its process was killed)"
@@ -100,19 +101,29 @@ def _describe(folder: Path, record: dict[str, Any]) -> str:
 
 
 def check_folder(
-    path: str | os.PathLike | None, command: str, *, overwrite: bool = False, option: str = "--out"
+    path: str | os.PathLike | None,
+    command: str,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    can_resume: bool = False,
+    option: str = "--out",
 ) -> Path:
     """The absolute folder ``path``, after checking that ``command`` may write there.
 
-    Writes nothing. Raises :class:`~sbnkit.errors.UserError` when ``path`` is empty, is a file,
-    is a non-empty folder that sbnkit did not create, holds a run of another command, or holds a
-    run that only ``overwrite`` may replace.
+    ``resume``: the folder must hold an unfinished run of ``command`` to continue;
+    ``can_resume``: errors suggest ``--resume`` for an unfinished run. Writes nothing.
+    Raises :class:`~sbnkit.errors.UserError` when ``path`` is empty, is a file, is a non-empty
+    folder that sbnkit did not create, holds a run of another command, is in use, or holds a run
+    that only ``overwrite`` may replace (or, resuming, holds no run to continue).
     """
     if path is None or not str(path).strip():
         raise UserError(f"{option} is empty; pass the name of a new folder")
     folder = Path(os.path.abspath(Path(path).expanduser()))
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{option} {folder} exists and is not a folder; pass another {option}")
+    if resume and read_record(folder) is None:
+        raise UserError(f"{option} {folder} holds no sbnkit run to resume; pass a run folder")
     if not folder.is_dir():
         return folder
     entries = {p.name for p in folder.iterdir()}
@@ -133,9 +144,14 @@ def check_folder(
             f"{option} {folder} is in use by another sbnkit process; wait for it to finish or "
             f"pass another {option}"
         )
-    if not overwrite:
+    finished = record.get("state") == "complete"
+    if resume and finished:
+        raise UserError(f"{_describe(folder, record)}: there is nothing to resume")
+    if not overwrite and not resume:
+        hint = f"--resume {folder} to continue it, " if can_resume and not finished else ""
         raise UserError(
-            f"{_describe(folder, record)}; pass --overwrite to replace it, or another {option}"
+            f"{_describe(folder, record)}; pass {hint}--overwrite to replace it, or another "
+            f"{option}"
         )
     return folder
 
@@ -153,12 +169,15 @@ class RunFolder:
         command: str,
         *,
         overwrite: bool = False,
+        resume: bool = False,
         option: str = "--out",
         provenance: dict[str, Any] | None = None,
         report: Callable[[str], None] = print,
     ) -> None:
-        self.path = check_folder(path, command, overwrite=overwrite, option=option)
-        self.command, self.overwrite, self.option = command, overwrite, option
+        self.path = check_folder(
+            path, command, overwrite=overwrite, resume=resume, can_resume=resume, option=option
+        )
+        self.command, self.overwrite, self.resume, self.option = command, overwrite, resume, option
         self.provenance = dict(provenance or {})
         self.report = report
         self.written: dict[str, bool] = {}
@@ -222,9 +241,17 @@ class RunFolder:
         if not others:
             return
         record = read_record(self.path)
-        if record is None or record.get("command") != self.command or not self.overwrite:
+        consent = self.overwrite or (self.resume and record and record.get("state") != "complete")
+        if record is None or record.get("command") != self.command or not consent:
             check_folder(self.path, self.command, overwrite=self.overwrite, option=self.option)
             raise UserError(f"{self.option} {self.path} changed while starting; try again")
+        if self.resume:
+            self.written = {name: True for name in record.get("files", [])}
+            self.progress = record.get("progress", "")
+            earlier = record.get("provenance", {})
+            resumed = [*earlier.get("resumed", []), self.provenance]
+            self.provenance = {**earlier, "resumed": resumed}
+            return
         aside = self.path / PREVIOUS
         shutil.rmtree(aside, ignore_errors=True)
         aside.mkdir()
@@ -286,6 +313,18 @@ class RunFolder:
             tmp.unlink(missing_ok=True)
         self.written[name] = keep or self.written.get(name, False)
 
+    def remove(self, name: str) -> None:
+        """Delete the file ``name`` that this run wrote."""
+        if name not in self.written:
+            raise ValueError(f"{name!r} was not written by this run")
+        (self.path / name).unlink(missing_ok=True)
+        del self.written[name]
+
+    def set_progress(self, progress: str) -> None:
+        """Describe the finished work that a failure keeps, and record it."""
+        self.progress = progress
+        self._write_record("running")
+
     def write_text(self, name: str, text: str, *, keep: bool = False) -> Path:
         """Write ``text`` to ``name`` atomically; returns the path."""
         with self.target(name, keep=keep) as tmp:
@@ -298,8 +337,7 @@ class RunFolder:
         old = (self.path / name).read_text(encoding="utf-8") if name in self.written else ""
         self.write_text(name, old + line.rstrip("\n") + "\n", keep=True)
         if progress is not None:
-            self.progress = progress
-            self._write_record("running")
+            self.set_progress(progress)
 
     def _write_record(self, state: State) -> None:
         record = {

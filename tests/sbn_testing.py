@@ -8,11 +8,13 @@ are skipped with that reason when the variable is unset.
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sbnkit import models
+from sbnkit.data.idx import write_idx
 from sbnkit.data.toy import make_toy
 
 AUTHORS_NETWORK_VAR = "SBNKIT_AUTHORS_NETWORK"
@@ -64,3 +66,14 @@ def gradient(est, model, x, y, loss_fn):
     loss = est.loss(model, x, y, loss_fn)
     loss.backward()
     return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def fake_fmnist(folder: Path, n_train: int = 60, n_test: int = 30) -> Path:
+    """A tiny IDX data set with the Fashion-MNIST file names (gzipped) in ``folder``."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, np.uint8))
+    return folder

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sbn_testing import fake_fmnist
 from torch import nn
 
 import sbnkit
@@ -34,17 +35,6 @@ threads = 1
 samples = 2
 batch_size = 50
 """
-
-
-def fake_fmnist(folder: Path, n_train: int = 60, n_test: int = 30) -> Path:
-    """A tiny IDX data set with the Fashion-MNIST file names (gzipped) in ``folder``."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, np.uint8))
-    return folder
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
@@ -145,64 +135,124 @@ def test_version():
     assert result.returncode == 0 and result.stdout.strip() == f"sbnkit {sbnkit.__version__}"
 
 
-def _train_until(tmp_path: Path, epochs_logged: int, out: str = "run") -> subprocess.Popen:
-    """Start a long training in a subprocess; return it once ``epochs_logged`` epochs are in
-    its log (never waiting on wall time alone: a loaded machine only makes it slower)."""
-    data = fake_fmnist(tmp_path / "data")
-    (tmp_path / "long.toml").write_text(TINY.replace("epochs = 1", "epochs = 100000"))
+def _train_until(tmp_path: Path, epochs_logged: int, epochs: int) -> subprocess.Popen:
+    """Start a training of ``epochs`` epochs of 100 steps in a subprocess; return it once
+    ``epochs_logged`` epochs are in its log and its training state is saved (never waiting on
+    wall time alone: a loaded machine only makes it slower)."""
+    data = fake_fmnist(tmp_path / "data", n_train=2000)
+    (tmp_path / "long.toml").write_text(TINY.replace("epochs = 1", f"epochs = {epochs}"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sbnkit", "train", "long.toml", "--out", out],
+        [sys.executable, "-m", "sbnkit", "train", "long.toml", "--out", "run"],
         cwd=tmp_path,
         env={**os.environ, "SBNKIT_DATA": str(data)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    log = tmp_path / out / "log.jsonl"
+    log, saved = tmp_path / "run" / "log.jsonl", tmp_path / "run" / "checkpoint.pt"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= epochs_logged:
+        if saved.exists() and log.exists() and len(log.read_text().splitlines()) >= epochs_logged:
             return proc
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.kill()
     raise AssertionError(f"training did not log {epochs_logged} epochs: {proc.communicate()}")
 
 
-def test_sigterm_keeps_the_finished_epochs_and_says_so(tmp_path):
-    proc = _train_until(tmp_path, 2)
+def _assert_same_as_uninterrupted(tmp_path: Path, run: Path, capsys) -> None:
+    """Every tensor of the resumed run's model, and every test metric, equals those of the same
+    training run without interruption."""
+    assert cli.main(["train", str(tmp_path / "long.toml"), "--out", str(tmp_path / "whole")]) == 0
+    capsys.readouterr()
+    got, want = torch.load(run / "model.pt"), torch.load(tmp_path / "whole" / "model.pt")
+    assert got["state_dict"].keys() == want["state_dict"].keys()
+    for name, tensor in want["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], tensor), name
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (run, tmp_path / "whole")]
+    for key in metrics[1]:
+        if key.startswith("test_"):
+            assert metrics[0][key] == metrics[1][key], key
+    logs = [(d / "log.jsonl").read_text().splitlines() for d in (run, tmp_path / "whole")]
+    keep = ("epoch", "train_loss", "test_acc_mode", "test_nll_mode", "lr_latent", "lr_real")
+    assert [{k: json.loads(x)[k] for k in keep} for x in logs[0]] == [
+        {k: json.loads(x)[k] for k in keep} for x in logs[1]
+    ]
+
+
+def test_sigterm_saves_the_state_and_resume_continues_bit_for_bit(tmp_path, monkeypatch, capsys):
+    proc = _train_until(tmp_path, 2, epochs=20)
     proc.terminate()
     stdout, stderr = proc.communicate(timeout=600)
     err = stderr.decode()
     assert proc.returncode == 143 and stdout == b"", err
     run = tmp_path / "run"
     logged = len((run / "log.jsonl").read_text().splitlines())
-    assert logged >= 2
-    assert f"kept config.toml, log.jsonl in {run} ({logged} finished epochs" in err
+    assert 2 <= logged < 20
+    assert f"kept checkpoint.pt, config.toml, log.jsonl in {run} ({logged} finished epochs" in err
+    assert f"continue with `sbnkit train --resume {run}`" in err
     assert err.strip().splitlines()[-1] == "sbnkit: stopped by SIGTERM"
     assert "Traceback" not in err
     assert sorted(p.name for p in run.iterdir()) == [
         ".lock",
+        "checkpoint.pt",
         "config.toml",
         "log.jsonl",
         "run.json",
     ]
     record = json.loads((run / "run.json").read_text())
-    assert record["state"] == "interrupted" and record["files"] == ["config.toml", "log.jsonl"]
+    assert record["state"] == "interrupted"
+    assert record["files"] == ["checkpoint.pt", "config.toml", "log.jsonl"]
+
+    monkeypatch.setenv("SBNKIT_DATA", str(tmp_path / "data"))
+    again = ["train", str(tmp_path / "long.toml"), "--out", str(run)]
+    assert cli.main(again) == 2
+    assert f"pass --resume {run} to continue it, --overwrite" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".lock",
+        "config.toml",
+        "log.jsonl",
+        "metrics.json",
+        "model.pt",
+        "run.json",
+    ]
+    record = json.loads((run / "run.json").read_text())
+    assert record["state"] == "complete" and len(record["provenance"]["resumed"]) == 1
+    _assert_same_as_uninterrupted(tmp_path, run, capsys)
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
 
 
-def test_sigkill_leaves_a_run_that_is_recognised_and_replaceable(tmp_path, monkeypatch, capsys):
-    proc = _train_until(tmp_path, 1)
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
+    proc = _train_until(tmp_path, 1, epochs=12)
     proc.kill()
     proc.communicate(timeout=600)
     run = tmp_path / "run"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no hidden leftovers
-    assert (run / "log.jsonl").read_text().strip()
     monkeypatch.setenv("SBNKIT_DATA", str(tmp_path / "data"))
-    argv = ["train", str(tmp_path / "long.toml"), "train.epochs=1", "--out", str(run)]
+    argv = ["train", str(tmp_path / "long.toml"), "--out", str(run)]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "interrupted (its process was killed)" in err and "--overwrite" in err
-    assert cli.main([*argv, "--overwrite"]) == 0
-    assert json.loads((run / "run.json").read_text())["state"] == "complete"
+    assert "interrupted (its process was killed)" in err and "--resume" in err
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    _assert_same_as_uninterrupted(tmp_path, run, capsys)
+    assert cli.main([*argv, "--overwrite"]) == 0  # and a finished run can be replaced
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train"], "pass the TOML config to train, or --resume DIR"),
+        (["train", "x.toml", "--resume", "r"], "pass no config, overrides, --out or --overwrite"),
+        (["train", "--resume", "r", "--overwrite"], "pass no config"),
+        (["train", "--resume", "nowhere"], "holds no sbnkit run to resume"),
+    ],
+)
+def test_resume_bad_input(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r").mkdir()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
 
 
 def test_a_run_in_progress_locks_its_folder(tmp_path, monkeypatch, capsys):

@@ -6,10 +6,12 @@ import pickle
 
 import pytest
 import torch
+from sbn_testing import fake_fmnist
 
 from sbnkit import UserError
+from sbnkit.errors import Stopped
 from sbnkit.inference import predict_proba
-from sbnkit.train import build_model, checkpoint, fit, parse_config, prepare
+from sbnkit.train import build_model, checkpoint, fit, parse_config, prepare, state
 from sbnkit.train.loop import _lr_factor
 from sbnkit.weights import latent_parameters
 
@@ -173,3 +175,79 @@ def test_checkpoint_rejects_garbage(tmp_path):
         checkpoint.load(tmp_path / "y.pt")
     with pytest.raises(UserError, match="does not exist"):
         checkpoint.load(tmp_path / "missing.pt")
+
+
+class _StopAfter:
+    """A stop request that turns true at the ``n``-th poll (one poll after each training step)."""
+
+    signum = 15
+
+    def __init__(self, n: int) -> None:
+        self.polls, self.n = 0, n
+
+    def __bool__(self) -> bool:
+        self.polls += 1
+        return self.polls >= self.n
+
+
+IMAGES = """
+[model]
+hidden = [16]
+weight_mode = "sample"
+init = "data"
+norm = "batch"
+[train]
+epochs = 3
+batch_size = 10
+threads = 1
+[data]
+val_fraction = 0.2
+augment = "flipcrop"
+crop_padding = 2
+[eval]
+samples = 3
+batch_size = 50
+"""
+
+
+@pytest.mark.parametrize("stop_after", [1, 4, 5, 9])  # 4 steps per epoch: inside and at ends
+def test_resume_is_bit_identical_from_any_step(tmp_path, monkeypatch, stop_after):
+    """Stopped after any step and resumed from the saved state, training ends with the same
+    weights, optimizer moments and metrics, to the bit, as without the stop (sampled weights and
+    units, augmentation, data init, validation split, cosine schedule)."""
+    monkeypatch.setenv("SBNKIT_DATA", str(fake_fmnist(tmp_path / "data", n_train=50)))
+    cfg = parse_config(IMAGES)
+    whole = prepare(cfg)
+    want = fit(whole, progress=False)
+    saved = tmp_path / "state.pt"
+    positions = []
+
+    def save_state(at, write):
+        positions.append((at.epoch, at.step))
+        write(saved)
+
+    first = prepare(cfg)
+    with pytest.raises(Stopped):
+        fit(first, progress=False, save_state=save_state, stop=_StopAfter(stop_after))
+    assert positions[-1] == ((stop_after - 1) // 4 + 1, (stop_after - 1) % 4 + 1)
+    second = prepare(cfg)
+    got = fit(second, progress=False, resume=state.load(saved))
+    for key in want:
+        if key.startswith(("test_", "val_")):
+            assert got[key] == want[key], key
+    theirs = second.model.state_dict()
+    for name, a in whole.model.state_dict().items():
+        assert torch.equal(a, theirs[name]), name
+    for k, o in whole.optimizers.items():
+        for pa, pb in zip(o.state.values(), second.optimizers[k].state.values(), strict=True):
+            for key in pa:
+                assert torch.equal(pa[key], pb[key]), (k, key)
+
+
+def test_training_state_files_are_checked(tmp_path):
+    torch.save({"format": "sbnkit-training-state", "version": 1}, tmp_path / "s.pt")
+    with pytest.raises(UserError, match="incomplete or damaged"):
+        state.load(tmp_path / "s.pt")
+    (tmp_path / "t.pt").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="refusing to load|not a readable sbnkit training state"):
+        state.load(tmp_path / "t.pt")

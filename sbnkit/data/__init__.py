@@ -281,9 +281,14 @@ class Batches:
         return max(1, n // b) if self.drop_last and n else -(-n // b)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.starting_at(0)
+
+    def starting_at(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The pass's batches from batch ``start`` on: the order is drawn as for a whole pass,
+        the first ``start`` batches are skipped without transforming them."""
         n, b = self.x.shape[0], self.batch_size
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
-        for k in range(len(self)):
+        for k in range(start, len(self)):
             stop = min((k + 1) * b, n)
             if order is None:
                 xb, yb = self.x[k * b : stop], self.y[k * b : stop]

@@ -23,21 +23,9 @@ FORMAT = "sbnkit-checkpoint"
 VERSION = 1
 
 
-def save(
-    path: str | os.PathLike,
-    model: nn.Module,
-    config: dict[str, Any],
-    metrics: dict[str, Any] | None = None,
-) -> None:
-    """Write ``model``'s weights with ``config`` and ``metrics`` (primitives) to ``path``."""
+def write(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """``torch.save`` ``payload`` (tensors and plain data) to ``path`` atomically."""
     path = Path(path)
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "config": json.dumps(config, sort_keys=True),
-        "metrics": json.dumps(metrics or {}, sort_keys=True),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -48,11 +36,12 @@ def save(
         raise
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
-    """``{"config": dict, "metrics": dict, "state_dict": dict}`` from the checkpoint ``path``.
+def read(path: str | os.PathLike, fmt: str, name: str, hint: str) -> dict[str, Any]:
+    """The payload of the file ``path`` of format ``fmt``; errors call it an ``name`` and end
+    with ``hint``.
 
-    Raises :class:`~sbnkit.errors.UserError` for a missing, unreadable, foreign, damaged or
-    non-finite checkpoint; never unpickles anything but tensors and plain data.
+    Loads with ``weights_only=True``: nothing but tensors and plain data is ever unpickled.
+    Raises :class:`~sbnkit.errors.UserError` for a missing, unreadable, foreign or damaged file.
     """
     path = Path(path)
     try:
@@ -60,29 +49,57 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist; pass the model.pt of a run") from None
+        raise UserError(f"{path} does not exist; {hint}") from None
     except pickle.UnpicklingError:
         raise UserError(
-            f"refusing to load {path}: it is not a weights-only checkpoint written by sbnkit "
+            f"refusing to load {path}: it is not a weights-only file written by sbnkit "
             "(pickled objects other than tensors and plain data are never loaded)"
         ) from None
     except IsADirectoryError:
-        raise UserError(f"checkpoint {path} is a folder; pass the model.pt inside it") from None
+        raise UserError(f"{path} is a folder; {hint}") from None
     except OSError as exc:
-        raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # torch's loader raises many types on damaged files
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
-            f"{path} is not a readable sbnkit checkpoint ({type(exc).__name__}: {first[:120]}); "
-            "pass the model.pt of a run"
+            f"{path} is not a readable {name} ({type(exc).__name__}: {first[:120]}); {hint}"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path} is not an sbnkit checkpoint; pass the model.pt of a run")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise UserError(f"{path} is not an {name}; {hint}")
     if payload.get("version") != VERSION:
         raise UserError(
-            f"checkpoint {path} has version {payload.get('version')!r}; this sbnkit reads "
-            f"version {VERSION}"
+            f"{path} has version {payload.get('version')!r}; this sbnkit reads version {VERSION}"
         )
+    return payload
+
+
+def save(
+    path: str | os.PathLike,
+    model: nn.Module,
+    config: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model``'s weights with ``config`` and ``metrics`` (primitives) to ``path``."""
+    write(
+        path,
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": json.dumps(config, sort_keys=True),
+            "metrics": json.dumps(metrics or {}, sort_keys=True),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        },
+    )
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"config": dict, "metrics": dict, "state_dict": dict}`` from the checkpoint ``path``.
+
+    Raises :class:`~sbnkit.errors.UserError` for a missing, unreadable, foreign, damaged or
+    non-finite checkpoint; never unpickles anything but tensors and plain data.
+    """
+    path = Path(path)
+    payload = read(path, FORMAT, "sbnkit checkpoint", "pass the model.pt of a run")
     try:
         config = json.loads(payload["config"])
         metrics = json.loads(payload["metrics"])

@@ -15,7 +15,9 @@ Sections and keys (defaults in parentheses)::
     [optim.real]      optimizer of all other parameters, same keys; lr (0.001)
     [train]           epochs (10); batch_size (100); lr_schedule (cosine) | constant | step;
                       lr_step_epochs (10) and lr_gamma (0.1) for step; seed (1);
-                      grad_clip (0 = off, else clamp each gradient entry); threads (2)
+                      grad_clip (0 = off, else clamp each gradient entry); threads (2);
+                      checkpoint_every (1: the training state is saved every N epochs, and on
+                      SIGTERM/Ctrl-C; 0 = only then)
     [data]            name (fashion_mnist); val_fraction (0); augment (none) | flip | crop |
                       flipcrop; crop_padding (4); standardize (true); root ("" = default lookup)
     [eval]            samples (16, ensemble size K); batch_size (2000)
@@ -111,6 +113,7 @@ class TrainConfig:
     seed: int = 1
     grad_clip: float = 0.0
     threads: int = 2
+    checkpoint_every: int = 1
 
 
 @dataclass
@@ -275,6 +278,7 @@ def check(cfg: Config) -> Config:
     _choice("train.lr_schedule", t.lr_schedule, SCHEDULES)
     _positive("train.lr_gamma", t.lr_gamma)
     _positive("train.grad_clip", t.grad_clip, allow_zero=True)
+    _positive("train.checkpoint_every", t.checkpoint_every, allow_zero=True)
     _choice("data.name", d.name, data_lib.names())
     _choice("data.augment", d.augment, data_lib.AUGMENTS)
     _positive("data.crop_padding", d.crop_padding, allow_zero=True)

@@ -27,11 +27,12 @@ from tqdm import tqdm
 
 from .. import data as data_lib
 from .. import estimators
-from ..errors import UserError
+from ..errors import Stopped, StopSignal, UserError
 from ..estimators import Estimator
 from ..models import MODELS, data_init_
 from ..network import SBN
 from ..weights import clip_latents_, latent_parameters, real_parameters
+from . import state
 from .config import Config, OptimizerConfig
 from .metrics import evaluate, final_metrics
 
@@ -137,24 +138,35 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
+    *,
+    save_state: Callable[[state.LoopPosition, Callable[[Path], None]], None] | None = None,
+    stop: StopSignal | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, float | int]:
     """Train ``run`` for ``config.train.epochs`` epochs.
 
     ``on_epoch`` receives each finished epoch's record (``epoch``, ``train_loss``,
     ``test_acc_mode``, ``test_nll_mode``, ``val_*_mode`` with a validation split, ``seconds``,
     ``elapsed``, learning rates); ``progress``: show a tqdm bar on stderr (default: when stderr
-    is a terminal); ``echo`` receives a one-line summary per epoch. Returns the final metrics
-    (see :func:`~sbnkit.train.metrics.final_metrics`) plus ``epochs``, ``seconds`` and
-    ``train_seconds``. Raises :class:`~sbnkit.errors.UserError` when the loss diverges.
+    is a terminal); ``echo`` receives a one-line summary per epoch.
+
+    ``save_state(position, write)`` is called every ``train.checkpoint_every`` epochs and when
+    ``stop`` is set (by a signal handler); it calls ``write(path)`` to write the training state
+    (:mod:`.state`) to ``path``. When ``stop`` is set the loop finishes its step, saves and raises
+    :class:`~sbnkit.errors.Stopped`. ``resume``: a state loaded by :func:`.state.load`; training
+    continues from it exactly as the uninterrupted run would have.
+
+    Returns the final metrics (see :func:`~sbnkit.train.metrics.final_metrics`) plus
+    ``epochs``, ``seconds`` and ``train_seconds``. Raises :class:`~sbnkit.errors.UserError` when
+    the loss diverges.
     """
     cfg, model, est = run.config, run.model, run.estimator
     t, e = cfg.train, cfg.eval
     start = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
     shuffle = torch.Generator().manual_seed(t.seed)
-    transform = data_lib.augmenter(
-        cfg.data.augment, cfg.data.crop_padding, torch.Generator().manual_seed(t.seed + 1)
-    )
+    augment = torch.Generator().manual_seed(t.seed + 1)
+    transform = data_lib.augmenter(cfg.data.augment, cfg.data.crop_padding, augment)
     batches = data_lib.Batches(
         *run.train,
         t.batch_size,
@@ -163,18 +175,45 @@ def fit(
         drop_last=True,
         transform=transform,
     )
-    if cfg.model.init == "data":
+    if cfg.model.init == "data" and resume is None:
         data_init_(model, next(iter(batches))[0])
     factor = _lr_factor(cfg, len(batches))
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in run.optimizers.values()]
+    schedulers = {
+        k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in run.optimizers.items()
+    }
     params = [p for p in model.parameters() if p.requires_grad]
-    train_seconds = 0.0
-    for epoch in range(1, t.epochs + 1):
-        lrs = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in run.optimizers.items()}
+    at = state.LoopPosition(epoch=1, step=0, loss_total=0.0, logged=0, train_seconds=0.0)
+    epoch_rng = None
+    if resume is not None:
+        at = resume["position"]
+        model.load_state_dict(resume["model"])
+        for k, o in run.optimizers.items():
+            o.load_state_dict(resume["optimizers"][k])
+            schedulers[k].load_state_dict(resume["schedulers"][k])
+        epoch_rng = resume["rng"]
+        state.restore_rng(epoch_rng, shuffle, augment)
+
+    def checkpoint_now(rng: dict[str, Any]) -> None:
+        if save_state is not None:
+            save_state(
+                at, lambda path: state.save(path, at, model, run.optimizers, schedulers, rng)
+            )
+
+    for epoch in range(at.epoch, t.epochs + 1):
+        lrs = {  # at the epoch's start, also when it is resumed from inside
+            f"lr_{k}": s.base_lrs[0] * factor((epoch - 1) * len(batches))
+            for k, s in schedulers.items()
+        }
         model.train()
-        tic, total, steps = time.perf_counter(), 0.0, 0
+        tic = time.perf_counter()
+        if at.step == 0:
+            epoch_rng = state.capture_rng(shuffle, augment)
+        else:  # resuming inside an epoch: redraw its order, then continue every stream
+            shuffle.set_state(epoch_rng["shuffle"])
+        steps_done = at.step
         bar = tqdm(
-            batches,
+            batches.starting_at(at.step),
+            total=len(batches) - at.step,
             desc=f"epoch {epoch}/{t.epochs}",
             leave=False,
             disable=not progress,
@@ -193,7 +232,7 @@ def fit(
             for o in run.optimizers.values():
                 o.step()
             clip_latents_(model)
-            for s in schedulers:
+            for s in schedulers.values():
                 s.step()
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -201,12 +240,20 @@ def fit(
                     f"training diverged (loss {value} in epoch {epoch}); lower the learning "
                     "rates or set train.grad_clip"
                 )
-            total, steps = total + value, steps + 1
-            if steps % 20 == 0:
-                bar.set_postfix(loss=f"{total / steps:.4f}")
+            at.loss_total, at.step = at.loss_total + value, at.step + 1
+            if at.step % 20 == 0:
+                bar.set_postfix(loss=f"{at.loss_total / at.step:.4f}")
+            if stop:
+                at.epoch = epoch
+                at.train_seconds += time.perf_counter() - tic
+                rng = state.capture_rng(shuffle, augment)
+                rng["shuffle"] = epoch_rng["shuffle"]
+                checkpoint_now(rng)
+                raise Stopped(stop.signum)
         seconds = time.perf_counter() - tic
-        train_seconds += seconds
-        record = {"epoch": epoch, "train_loss": total / steps}
+        at.train_seconds += seconds
+        images_per_s = (at.step - steps_done) * t.batch_size / max(seconds, 1e-9)
+        record = {"epoch": epoch, "train_loss": at.loss_total / at.step}
         if run.val is not None:
             val = evaluate(model, *run.val, "mode", batch_size=e.batch_size)
             record.update(val_acc_mode=val["acc"], val_nll_mode=val["nll"])
@@ -215,16 +262,20 @@ def fit(
             test_acc_mode=test["acc"],
             test_nll_mode=test["nll"],
             seconds=round(seconds, 3),
+            images_per_s=round(images_per_s, 1),
             elapsed=round(time.perf_counter() - start, 3),
             **lrs,
         )
         if on_epoch is not None:
             on_epoch(record)
+        at = state.LoopPosition(epoch + 1, 0, 0.0, epoch, at.train_seconds)
+        if t.checkpoint_every and epoch % t.checkpoint_every == 0:
+            checkpoint_now(state.capture_rng(shuffle, augment))
         if echo is not None:
             extra = f" val_acc {record['val_acc_mode']:.4f}" if run.val is not None else ""
             echo(
                 f"epoch {epoch}/{t.epochs}: loss {record['train_loss']:.4f}{extra} "
-                f"test_acc {test['acc']:.4f} ({seconds:.1f}s)"
+                f"test_acc {test['acc']:.4f} ({seconds:.1f}s, {images_per_s:.0f} images/s)"
             )
     metrics = final_metrics(model, *run.test, e.samples, e.batch_size)
     if run.val is not None:
@@ -232,7 +283,7 @@ def fit(
         metrics.update(val_acc_mode=val["acc"], val_nll_mode=val["nll"])
     metrics.update(
         epochs=t.epochs,
-        train_seconds=round(train_seconds, 3),
+        train_seconds=round(at.train_seconds, 3),
         seconds=round(time.perf_counter() - start, 3),
     )
     return metrics
