@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from . import __version__
 from . import data as data_lib
+from .devices import resolve_device
 from .errors import Stopped, StopSignal, UserError
 from .inference import EVAL_MODES
 from .provenance import provenance
@@ -102,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="ensemble size (default: eval.samples of the run's config)",
+    )
+    ev.add_argument(
+        "--device",
+        default="auto",
+        help="where to evaluate: auto (CUDA when present), cpu, cuda, cuda:N or mps",
     )
     ev.set_defaults(func=_evaluate)
     sub.add_parser(
@@ -225,7 +231,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = config_from_dict(saved["config"])
     torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
-    model = build_model(cfg)
+    model = build_model(cfg).to(resolve_device(args.device))
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError:

@@ -41,12 +41,15 @@ def predict_proba(
 def evaluate_batches(
     model: nn.Module, batches, mode: str = "mode", samples: int = 16
 ) -> dict[str, float]:
-    """Accuracy and NLL (``-log p(y|x)`` of the predictive distribution) over ``batches``."""
+    """Accuracy and NLL (``-log p(y|x)`` of the predictive distribution) over ``batches``, each
+    moved to the model's device."""
     was_training = model.training
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     correct, nll, count = 0, 0.0, 0
     try:
         for x, y in batches:
+            x, y = x.to(device), y.to(device)
             p = predict_proba(model, x, mode, samples)
             correct += int((p.argmax(1) == y).sum())
             nll += float(-torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).sum())

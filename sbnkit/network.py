@@ -20,15 +20,22 @@ from .units import BinaryUnit
 
 
 def check_batch_tensor(model: nn.Module, x: torch.Tensor) -> None:
-    """Raise :class:`UserError` unless ``x`` is a non-empty, finite floating-point batch of the
-    dtype of ``model``'s parameters that its BatchNorm layers (in training mode) can normalise."""
+    """Raise :class:`UserError` unless ``x`` is a non-empty, finite floating-point batch on the
+    device and of the dtype of ``model``'s parameters that its BatchNorm layers (in training
+    mode) can normalise."""
     if not isinstance(x, torch.Tensor):
         raise UserError(f"input must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[0] == 0:
         raise UserError(f"the batch is empty (shape {list(x.shape)}); pass at least one example")
     if not x.is_floating_point():
         raise UserError(f"input must be floating point, got {x.dtype}")
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is not None and x.device != param.device:
+        raise UserError(
+            f"input is on {x.device} but the model is on {param.device}; move one of them, "
+            f"e.g. x.to({str(param.device)!r})"
+        )
+    dtype = x.dtype if param is None else param.dtype
     if x.dtype != dtype:
         raise UserError(
             f"input is {x.dtype} but the model is {dtype}; convert one of them, e.g. "

@@ -287,7 +287,11 @@ class Batches:
         """The pass's batches from batch ``start`` on: the order is drawn as for a whole pass,
         the first ``start`` batches are skipped without transforming them."""
         n, b = self.x.shape[0], self.batch_size
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        order = (
+            torch.randperm(n, generator=self.generator, device=self.x.device)
+            if self.shuffle
+            else None
+        )
         for k in range(start, len(self)):
             stop = min((k + 1) * b, n)
             if order is None:

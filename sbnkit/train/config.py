@@ -17,7 +17,8 @@ Sections and keys (defaults in parentheses)::
                       lr_step_epochs (10) and lr_gamma (0.1) for step; seed (1);
                       grad_clip (0 = off, else clamp each gradient entry); threads (2);
                       checkpoint_every (1: the training state is saved every N epochs, and on
-                      SIGTERM/Ctrl-C; 0 = only then)
+                      SIGTERM/Ctrl-C; 0 = only then); device (auto = CUDA when present) | cpu |
+                      cuda | cuda:N | mps
     [data]            name (fashion_mnist); val_fraction (0); augment (none) | flip | crop |
                       flipcrop; crop_padding (4); standardize (true); root ("" = default lookup)
     [eval]            samples (16, ensemble size K); batch_size (2000)
@@ -38,6 +39,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from .. import data as data_lib
 from .. import estimators
+from ..devices import DEVICE_NAMES
 from ..errors import UserError
 from ..models import MODELS
 from ..noise import NOISES
@@ -114,6 +116,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     threads: int = 2
     checkpoint_every: int = 1
+    device: str = "auto"
 
 
 @dataclass
@@ -279,6 +282,8 @@ def check(cfg: Config) -> Config:
     _positive("train.lr_gamma", t.lr_gamma)
     _positive("train.grad_clip", t.grad_clip, allow_zero=True)
     _positive("train.checkpoint_every", t.checkpoint_every, allow_zero=True)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device):
+        raise UserError(f"train.device must be one of {', '.join(DEVICE_NAMES)}, got {t.device!r}")
     _choice("data.name", d.name, data_lib.names())
     _choice("data.augment", d.augment, data_lib.AUGMENTS)
     _positive("data.crop_padding", d.crop_padding, allow_zero=True)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .. import data as data_lib
 from .. import estimators
+from ..devices import resolve_device
 from ..errors import Stopped, StopSignal, UserError
 from ..estimators import Estimator
 from ..models import MODELS, data_init_
@@ -100,10 +101,16 @@ class Run:
     val: Tensors | None
     test: Tensors
     data_files: list[Path]
+    device: torch.device
 
 
 def prepare(cfg: Config) -> Run:
-    """Seed, set the thread count, load and split the data, build model/estimator/optimizers."""
+    """Seed, set the thread count, load and split the data, build model/estimator/optimizers.
+
+    The model goes to ``train.device``; the data stay on the CPU and travel batch by batch.
+    Raises :class:`~sbnkit.errors.UserError` for missing data or an unavailable device.
+    """
+    device = resolve_device(cfg.train.device)
     torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     d = cfg.data
@@ -118,9 +125,10 @@ def prepare(cfg: Config) -> Run:
             f"the training set has {train[0].shape[0]} examples, at least 2 are needed; "
             "lower data.val_fraction"
         )
-    model = build_model(cfg)
+    model = build_model(cfg).to(device)
     estimator = estimators.get(cfg.estimator.name, **cfg.estimator.options)
-    return Run(cfg, model, estimator, build_optimizers(cfg, model), train, val, test, files)
+    optimizers = build_optimizers(cfg, model)
+    return Run(cfg, model, estimator, optimizers, train, val, test, files, device)
 
 
 def _lr_factor(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
@@ -176,7 +184,7 @@ def fit(
         transform=transform,
     )
     if cfg.model.init == "data" and resume is None:
-        data_init_(model, next(iter(batches))[0])
+        data_init_(model, next(iter(batches))[0].to(run.device))
     factor = _lr_factor(cfg, len(batches))
     schedulers = {
         k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in run.optimizers.items()
@@ -221,6 +229,7 @@ def fit(
             dynamic_ncols=True,
         )
         for xb, yb in bar:
+            xb, yb = xb.to(run.device, non_blocking=True), yb.to(run.device, non_blocking=True)
             loss = est.loss(model, xb, yb)
             for o in run.optimizers.values():
                 o.zero_grad(set_to_none=True)
