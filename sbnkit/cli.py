@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -31,12 +32,14 @@ from tqdm import tqdm
 from . import __version__
 from . import data as data_lib
 from .devices import resolve_device
+from .distributed import leave
 from .errors import Stopped, StopSignal, UserError
 from .inference import EVAL_MODES
 from .provenance import provenance
 from .runfolder import RunFolder, check_folder
 from .train import (
     Config,
+    Run,
     build_model,
     checkpoint,
     config_from_dict,
@@ -120,13 +123,16 @@ def _echo(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-def _train_setup(args: argparse.Namespace) -> tuple[Config, Path, dict | None]:
-    """``(config, run folder, saved training state or None)``, checked before any compute."""
+def _train_setup(args: argparse.Namespace, main: bool) -> tuple[Config, Path, dict | None]:
+    """``(config, run folder, saved training state or None)``, checked before any compute (the
+    folder by the ``main`` process only: the others never write)."""
     if args.resume is None:
         if args.config is None:
             raise UserError("pass the TOML config to train, or --resume DIR")
         cfg = load_config(args.config, args.overrides)
         out = args.out if args.out is not None else Path("runs") / Path(args.config).stem
+        if not main:
+            return cfg, Path(out), None
         folder = check_folder(out, "train", overwrite=args.overwrite, can_resume=True)
         return cfg, folder, None
     if args.config is not None or args.overrides or args.out is not None or args.overwrite:
@@ -134,7 +140,9 @@ def _train_setup(args: argparse.Namespace) -> tuple[Config, Path, dict | None]:
             "--resume DIR continues a run with its own config.toml: pass no config, overrides, "
             "--out or --overwrite with it"
         )
-    folder = check_folder(args.resume, "train", resume=True, option="--resume")
+    folder = Path(args.resume)
+    if main:
+        folder = check_folder(args.resume, "train", resume=True, option="--resume")
     if not (folder / STATE_FILE).is_file():
         raise UserError(
             f"{folder} holds no saved training state ({STATE_FILE}): it stopped before its "
@@ -166,8 +174,22 @@ def _stop_on_signals(stop: StopSignal) -> Iterator[None]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg, out, saved = _train_setup(args)
+    cfg, out, saved = _train_setup(args, main=os.environ.get("RANK", "0") == "0")
     run = prepare(cfg)
+    try:
+        return _train_run(args, cfg, out, saved, run)
+    finally:
+        leave(run.cluster)
+
+
+def _train_run(
+    args: argparse.Namespace, cfg: Config, out: Path, saved: dict | None, run: Run
+) -> int:
+    stop = StopSignal()
+    if not run.cluster.main:
+        with _stop_on_signals(stop):
+            fit(run, stop=stop, resume=saved)
+        return 0
     record = provenance(args.argv, run.data_files)
     with RunFolder(
         out,
@@ -196,7 +218,6 @@ def _train(args: argparse.Namespace) -> int:
                 f"`sbnkit train --resume {rf.path}`"
             )
 
-        stop = StopSignal()
         with _stop_on_signals(stop):
             metrics = fit(
                 run, on_epoch=log_epoch, echo=_echo, save_state=save_state, stop=stop, resume=saved

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from .. import data as data_lib
 from .. import estimators
 from ..devices import resolve_device
+from ..distributed import Cluster, agree, all_reduce_gradients, join
 from ..errors import Stopped, StopSignal, UserError
 from ..estimators import Estimator
 from ..models import MODELS, data_init_
@@ -102,15 +104,27 @@ class Run:
     test: Tensors
     data_files: list[Path]
     device: torch.device
+    cluster: Cluster = field(default_factory=Cluster)
 
 
 def prepare(cfg: Config) -> Run:
     """Seed, set the thread count, load and split the data, build model/estimator/optimizers.
 
     The model goes to ``train.device``; the data stay on the CPU and travel batch by batch.
-    Raises :class:`~sbnkit.errors.UserError` for missing data or an unavailable device.
+    Under ``torchrun`` this process joins the group (:mod:`sbnkit.distributed`): every rank
+    builds the same model, then draws its noise from its own stream. Raises
+    :class:`~sbnkit.errors.UserError` for missing data, an unavailable device, or a batch size
+    that the processes cannot share equally.
     """
     device = resolve_device(cfg.train.device)
+    cluster = join(device.type)
+    if device.type == "cuda" and cluster.world_size > 1:
+        device = torch.device("cuda", cluster.local_rank)
+    if cfg.train.batch_size % cluster.world_size:
+        raise UserError(
+            f"train.batch_size = {cfg.train.batch_size} cannot be split equally over "
+            f"{cluster.world_size} processes; use a multiple of {cluster.world_size}"
+        )
     torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     d = cfg.data
@@ -128,7 +142,9 @@ def prepare(cfg: Config) -> Run:
     model = build_model(cfg).to(device)
     estimator = estimators.get(cfg.estimator.name, **cfg.estimator.options)
     optimizers = build_optimizers(cfg, model)
-    return Run(cfg, model, estimator, optimizers, train, val, test, files, device)
+    if cluster.rank:
+        torch.manual_seed(cfg.train.seed + cluster.rank)
+    return Run(cfg, model, estimator, optimizers, train, val, test, files, device, cluster)
 
 
 def _lr_factor(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
@@ -168,10 +184,11 @@ def fit(
     ``epochs``, ``seconds`` and ``train_seconds``. Raises :class:`~sbnkit.errors.UserError` when
     the loss diverges.
     """
-    cfg, model, est = run.config, run.model, run.estimator
+    cfg, model, est, cluster = run.config, run.model, run.estimator, run.cluster
     t, e = cfg.train, cfg.eval
     start = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
+    progress = progress and cluster.main
     shuffle = torch.Generator().manual_seed(t.seed)
     augment = torch.Generator().manual_seed(t.seed + 1)
     transform = data_lib.augmenter(cfg.data.augment, cfg.data.crop_padding, augment)
@@ -200,6 +217,8 @@ def fit(
             schedulers[k].load_state_dict(resume["schedulers"][k])
         epoch_rng = resume["rng"]
         state.restore_rng(epoch_rng, shuffle, augment)
+        if cluster.rank:  # the state holds rank 0's noise stream; the others start afresh
+            torch.manual_seed(t.seed + cluster.rank + 7919 * (at.epoch * 1_000_003 + at.step))
 
     def checkpoint_now(rng: dict[str, Any]) -> None:
         if save_state is not None:
@@ -229,11 +248,13 @@ def fit(
             dynamic_ncols=True,
         )
         for xb, yb in bar:
+            xb, yb = cluster.shard(xb), cluster.shard(yb)
             xb, yb = xb.to(run.device, non_blocking=True), yb.to(run.device, non_blocking=True)
             loss = est.loss(model, xb, yb)
             for o in run.optimizers.values():
                 o.zero_grad(set_to_none=True)
             loss.backward()
+            all_reduce_gradients(params, cluster.world_size)
             if t.grad_clip > 0:
                 for p in params:
                     if p.grad is not None:
@@ -243,7 +264,7 @@ def fit(
             clip_latents_(model)
             for s in schedulers.values():
                 s.step()
-            value = float(loss.detach())
+            value, stopping = agree(float(loss.detach()), bool(stop), cluster, run.device)
             if not math.isfinite(value):
                 raise UserError(
                     f"training diverged (loss {value} in epoch {epoch}); lower the learning "
@@ -252,13 +273,13 @@ def fit(
             at.loss_total, at.step = at.loss_total + value, at.step + 1
             if at.step % 20 == 0:
                 bar.set_postfix(loss=f"{at.loss_total / at.step:.4f}")
-            if stop:
+            if stopping:
                 at.epoch = epoch
                 at.train_seconds += time.perf_counter() - tic
                 rng = state.capture_rng(shuffle, augment)
                 rng["shuffle"] = epoch_rng["shuffle"]
                 checkpoint_now(rng)
-                raise Stopped(stop.signum)
+                raise Stopped(stop.signum if stop else signal.SIGTERM)
         seconds = time.perf_counter() - tic
         at.train_seconds += seconds
         images_per_s = (at.step - steps_done) * t.batch_size / max(seconds, 1e-9)
@@ -291,6 +312,7 @@ def fit(
         val = evaluate(model, *run.val, "mode", batch_size=e.batch_size)
         metrics.update(val_acc_mode=val["acc"], val_nll_mode=val["nll"])
     metrics.update(
+        world_size=cluster.world_size,
         epochs=t.epochs,
         train_seconds=round(at.train_seconds, 3),
         seconds=round(time.perf_counter() - start, 3),
