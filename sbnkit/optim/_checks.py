@@ -22,9 +22,10 @@ def real(name: str, value: object) -> float:
 
 def positive(name: str, value: object) -> float:
     """``value`` if it is a finite number ``> 0``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
+    v = real(name, value)
+    if not v > 0:
         raise UserError(f"{name} must be > 0, got {value!r}")
-    return real(name, value)
+    return v
 
 
 def in_range(name: str, value: object, low: float, high: float, high_open: bool = True) -> float:
