@@ -1,6 +1,6 @@
 """sbnkit: stochastic binary networks in PyTorch."""
 
-from . import estimators, models, noise, units, weights
+from . import estimators, models, noise, optim, units, weights
 from .errors import UserError
 from .inference import evaluate_batches, predict_proba
 from .network import SBN, ChannelAffine, Head, Stage
@@ -24,6 +24,7 @@ __all__ = [
     "make_binary",
     "models",
     "noise",
+    "optim",
     "predict_proba",
     "units",
     "using_rule",

@@ -15,8 +15,8 @@ from sbnkit import binarize, optim
 from sbnkit.data.cifar import write_cifar_bin
 from sbnkit.data.idx import write_idx
 from sbnkit.models import mlp_binaryconnect, resnet18, vgg16, vgg_binaryconnect
-from sbnkit.optim import AdaSTEWeight
-from sbnkit.train import fit, load_config, prepare
+from sbnkit.optim import AdaSTEWeight, TanhWeight
+from sbnkit.train import fit, load_config, parse_config, prepare
 from sbnkit.weights import latent_parameters, real_parameters
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -175,3 +175,38 @@ def test_recipe_runs_on_tiny_synthetic_data(path, fake_data, tmp_path, monkeypat
         op = plain.get_submodule(name)
         assert not nn.utils.parametrize.is_parametrized(op)
         assert set(op.weight.unique().tolist()) <= {-1.0, 1.0}
+
+
+TOY = """
+[model]
+name = "mlp_binaryconnect"
+width = 0.01
+binary_head = true
+[data]
+name = "toy2d"
+[train]
+epochs = 3
+batch_size = 50
+threads = 1
+[eval]
+samples = 2
+[optim.latent]
+"""
+
+
+def test_fit_drives_epoch_and_step_schedules_of_any_method(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        run = prepare(parse_config(TOY + 'name = "adaste"\nbeta = 0.01\nbeta_rate = 2.0'))
+        fit(run, tmp_path, progress=False)
+        betas = [float(p.beta) for p in run.model.modules() if isinstance(p, AdaSTEWeight)]
+        assert betas == [pytest.approx(0.08, rel=1e-12)] * 4  # 0.01·2³: before each of 3 epochs
+        text = TOY + 'name = "md_tanh_s"\nbeta_scale = 2.0\nbeta_interval = 4'
+        run = prepare(parse_config(text))
+        fit(run, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    steps = 3 * (run.train[0].shape[0] // 50)
+    tanh = [p for p in run.model.modules() if isinstance(p, TanhWeight)]
+    assert len(tanh) == 4 and all(int(p.steps) == steps for p in tanh)
+    assert all(float(p.beta) == 2.0 ** (steps // 4) for p in tanh)

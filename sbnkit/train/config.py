@@ -29,8 +29,9 @@ Sections and keys (defaults in parentheses)::
                       flipcrop; crop_padding (4); standardize (true); root ("" = default lookup)
     [eval]            samples (16, ensemble size K); batch_size (2000)
 
-Keys a method does not use (e.g. momentum for bop) are ignored. Unknown keys, wrong types and
-bad values raise :class:`~sbnkit.errors.UserError` naming the key.
+Keys a method does not use (e.g. momentum for bop) are ignored, and so are the ``[model]``
+``weight_*`` / ``latent_clip`` keys for methods other than md (adam, sgd). Unknown keys, wrong
+types and bad values raise :class:`~sbnkit.errors.UserError` naming the key.
 """
 
 from __future__ import annotations
@@ -342,6 +343,11 @@ def check_latent(o: OptimizerConfig) -> None:
     if o.name in OPTIMIZERS or name == "md":  # md's weights are set by [model] weight_* keys
         allowed = ["base"] if o.name == "md" else []
     for key in o.options:
+        if name == "md" and key in method.weight_options:
+            raise UserError(
+                f"unknown key optim.latent.{key}; md takes its Bernoulli weights from "
+                "model.weight_noise, model.weight_noise_scale, model.weight_mode, model.latent_clip"
+            )
         if key not in allowed or key in fixed:
             _unknown_key("optim.latent.", key, fixed + [k for k in allowed if k not in fixed])
     try:
