@@ -115,7 +115,7 @@ def test_code_rule_vectorised_equals_the_table():
         torch.testing.assert_close(adaste_factor(theta, g, alpha, beta), rho, rtol=1e-12, atol=0)
 
 
-# (alpha, beta, theta, g, rho) for rule="corrected" (§4.1: finite differences, no gates, no cap).
+# (alpha, beta, theta, g, rho) for rule="corrected" (finite differences, no gates, no cap).
 CORRECTED_TABLE = [
     (0.01, 0.3, 0.5, 0.01, (0.5 + 0.303) / 1.3 / 0.5 + 0.303 / 1.3 / 0.5),  # toward, linear part
     (0.01, 0.3, -0.5, -0.01, (0.5 + 0.303) / 1.3 / 0.5 + 0.303 / 1.3 / 0.5),  # symmetric

@@ -9,6 +9,11 @@ weight mode ``"mode"``) the weights are ``sign θ``.
 :class:`AdaSTE` is the latent update: ``m ← β_m m + (1 - β_m)(ĝ + kl_weight θ)`` and
 ``θ ← θ - lr m / (1 - β_m^t)``, with ``ĝ = N² ρg`` for ``rule="code"`` (the published code
 multiplies by the training-set size twice) and ``ĝ = N ρg`` for ``rule="corrected"``.
+
+The default rule is ``"code"``: the published hyperparameters (lr 3e-4, ``N`` = 450,000 on CIFAR,
+``β`` schedule, ``±10`` initialisation) were tuned with it, so recipes that reuse them reproduce the
+published method; ``"corrected"`` (symmetric, no gates or cap, ``N`` once) changes the gradient
+scale by a factor ``N`` and needs its own learning rate, to be measured.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The weights are ``sign η`` with the identity straight-through backward (a
 :class:`~sbnkit.weights.BernoulliWeight` in mode ``"mode"`` with uniform noise, whose ``"sample"``
 mode is stochastic BinaryConnect), and the latents are projected to ``[-clip, clip]`` after every
-step. Adam is the variant of BayesBiNN's "STE-Adam" baseline (Meng et al., 2020, §5).
+step. Adam is the variant of BayesBiNN's "STE-Adam" baseline (Meng et al., 2020).
 """
 
 from __future__ import annotations
