@@ -17,7 +17,7 @@ from sbnkit.data.idx import write_idx
 from sbnkit.models import mlp_binaryconnect, resnet18, vgg16, vgg_binaryconnect
 from sbnkit.optim import AdaSTEWeight, TanhWeight
 from sbnkit.train import fit, load_config, parse_config, prepare
-from sbnkit.weights import latent_parameters, real_parameters
+from sbnkit.weights import LatentWeight, latent_parameters, real_parameters
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = sorted(CONFIGS.glob("*.toml"))
@@ -210,3 +210,40 @@ def test_fit_drives_epoch_and_step_schedules_of_any_method(tmp_path):
     tanh = [p for p in run.model.modules() if isinstance(p, TanhWeight)]
     assert len(tanh) == 4 and all(int(p.steps) == steps for p in tanh)
     assert all(float(p.beta) == 2.0 ** (steps // 4) for p in tanh)
+
+
+SBN_TOY = """
+[model]
+name = "mlp"
+hidden = [8, 8]
+binary_head = true
+[data]
+name = "toy2d"
+[train]
+epochs = 1
+batch_size = 50
+threads = 1
+[eval]
+samples = 2
+[estimator]
+name = "{estimator}"
+[optim.latent]
+name = "{method}"
+"""
+
+
+@pytest.mark.parametrize("estimator", ["st", "psa"])
+@pytest.mark.parametrize("method", optim.names())
+def test_every_method_trains_an_sbn_with_binary_units(method, estimator, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        run = prepare(parse_config(SBN_TOY.format(method=method, estimator=estimator)))
+        metrics = fit(run, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert math.isfinite(metrics["test_nll"])
+    kinds = {type(p) for p in run.model.modules() if isinstance(p, LatentWeight)}
+    assert kinds == {type(optim.get(method).make_parametrization())}
+    plain = binarize(run.model)
+    ops = [m for m in plain.modules() if isinstance(m, nn.Linear)]
+    assert len(ops) == 3 and all(set(m.weight.unique().tolist()) <= {-1.0, 1.0} for m in ops)
