@@ -332,6 +332,8 @@ BAD_CONFIG = [
     ('name = "sgd"\nmirror = "tanh"', r"unknown key optim\.latent\.mirror"),
     ('name = "md"\nbase = "rmsprop"', r"optim\.latent\.base must be one of adam, sgd"),
     ('name = "fancy"', r"optim\.latent\.name must be one of adam, sgd, binaryconnect"),
+    ('name = "adaste"\nmomentum = 1.0', r"optim\.latent\.momentum must lie in \[0, 1\)"),
+    ('name = "bayesbinn"\ntrain_scale = 0', r"optim\.latent\.train_scale must be > 0"),
 ]
 
 
@@ -342,6 +344,13 @@ def test_bad_method_configs_give_one_line_errors(table, message):
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match=r"unknown key optim\.real\.temperature"):
         parse_config("[optim.real]\ntemperature = 1.0")
+
+
+def test_model_width_and_data_init_are_checked():
+    with pytest.raises(UserError, match=r"model\.width must be positive, got 0"):
+        parse_config("[model]\nwidth = 0")
+    with pytest.raises(UserError, match=r"model\.init = 'data' needs an SBN model"):
+        parse_config('[model]\nname = "vgg16"\ninit = "data"\n[data]\nname = "cifar10"')
 
 
 def test_method_options_in_config_round_trip():
