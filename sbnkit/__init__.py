@@ -2,7 +2,7 @@
 
 __version__ = "0.2.0"
 
-from . import estimators, models, noise, units, weights
+from . import estimators, models, noise, optim, units, weights
 from .errors import UserError
 from .inference import evaluate_batches, predict_proba
 from .network import SBN, ChannelAffine, Head, Stage
@@ -24,6 +24,7 @@ __all__ = [
     "make_binary",
     "models",
     "noise",
+    "optim",
     "predict_proba",
     "units",
     "using_rule",

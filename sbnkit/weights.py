@@ -15,6 +15,10 @@ on ``η`` therefore performs mirror descent over the weight probabilities, and w
 on ``η`` is the latent weight decay = ``c · KL(q ‖ uniform)`` of Shekhovtsov & Yanush 2021
 (variational inference). With ``clip`` set, the latents are projected to ``[-clip, clip]`` by
 :func:`clip_latents_` after each step (BinaryConnect).
+
+Every binary-weight parametrization derives from :class:`LatentWeight` (the other methods' live in
+:mod:`sbnkit.optim`); :func:`binarize`, :func:`latent_parameters`, :func:`real_parameters`,
+:func:`clip_latents_` and :func:`using_weight_mode` handle them all.
 """
 
 from __future__ import annotations
@@ -33,8 +37,40 @@ from .units import sign
 
 WEIGHT_MODES = ("sample", "mode", "mean")
 
+__all__ = [
+    "WEIGHT_MODES",
+    "BernoulliWeight",
+    "LatentWeight",
+    "bernoulli_parametrizations",
+    "binarize",
+    "binary_parametrizations",
+    "check_weight_mode",
+    "clip_latents_",
+    "latent_parameters",
+    "make_binary",
+    "real_parameters",
+    "using_weight_mode",
+]
 
-class BernoulliWeight(nn.Module):
+
+class LatentWeight(nn.Module):
+    """Base class of binary-weight parametrizations ``latent -> weight``.
+
+    Subclasses keep ``mode`` (one of :data:`WEIGHT_MODES`, switched by :func:`using_weight_mode`;
+    ``"mode"`` must give the binary weights) and ``clip`` (``None`` or the latent bound applied
+    by :func:`clip_latents_`), and define :meth:`binary`, the exact ``±1`` weights that
+    :func:`binarize` writes.
+    """
+
+    mode: str = "mode"
+    clip: float | None = None
+
+    def binary(self, latent: torch.Tensor) -> torch.Tensor:
+        """The deployed ``±1`` weights for ``latent`` (default ``sign``, ``sign(0) = +1``)."""
+        return sign(latent)
+
+
+class BernoulliWeight(LatentWeight):
     """Parametrization ``η -> w`` of Bernoulli ``±1`` weights (see the module docstring).
 
     ``init_scale``: when registered on a float weight ``w0``, the latent starts at
@@ -84,12 +120,28 @@ def check_weight_mode(mode: str) -> str:
     return mode
 
 
-def make_binary(module: nn.Module, **options) -> nn.Module:
-    """Register :class:`BernoulliWeight` on ``module.weight`` (a Linear or Conv2d) in place."""
+def make_binary(
+    module: nn.Module, parametrization: LatentWeight | None = None, **options
+) -> nn.Module:
+    """Register ``parametrization`` (default ``BernoulliWeight(**options)``) on ``module.weight``
+    (a Linear or Conv2d) in place. Raises :class:`UserError` for other modules."""
     if not isinstance(module, (nn.Linear, nn.Conv2d)):
         raise UserError(f"binary weights need nn.Linear or nn.Conv2d, got {type(module).__name__}")
-    parametrize.register_parametrization(module, "weight", BernoulliWeight(**options))
+    if parametrization is None:
+        parametrization = BernoulliWeight(**options)
+    elif options:
+        raise UserError("pass either a parametrization or BernoulliWeight options, not both")
+    parametrize.register_parametrization(module, "weight", parametrization)
     return module
+
+
+def binary_parametrizations(model: nn.Module) -> Iterator[tuple[nn.Module, LatentWeight]]:
+    """``(module, parametrization)`` for every binary weight (any :class:`LatentWeight`)."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            for p in m.parametrizations.weight:
+                if isinstance(p, LatentWeight):
+                    yield m, p
 
 
 def bernoulli_parametrizations(model: nn.Module) -> Iterator[tuple[nn.Module, BernoulliWeight]]:
@@ -102,12 +154,12 @@ def bernoulli_parametrizations(model: nn.Module) -> Iterator[tuple[nn.Module, Be
 
 
 def latent_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The latent tensors ``η`` of all Bernoulli weights (to give them their own optimizer)."""
-    return [m.parametrizations.weight.original for m, _ in bernoulli_parametrizations(model)]
+    """The latent tensors of all binary weights (to give them their own optimizer)."""
+    return [m.parametrizations.weight.original for m, _ in binary_parametrizations(model)]
 
 
 def real_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """All parameters of ``model`` that are not Bernoulli latents."""
+    """All parameters of ``model`` that are not binary-weight latents."""
     latent = {id(p) for p in latent_parameters(model)}
     return [p for p in model.parameters() if id(p) not in latent]
 
@@ -115,16 +167,16 @@ def real_parameters(model: nn.Module) -> list[nn.Parameter]:
 @torch.no_grad()
 def clip_latents_(model: nn.Module) -> None:
     """Project the latents of parametrizations with ``clip`` set to ``[-clip, clip]``."""
-    for m, p in bernoulli_parametrizations(model):
+    for m, p in binary_parametrizations(model):
         if p.clip is not None:
             m.parametrizations.weight.original.clamp_(-p.clip, p.clip)
 
 
 @contextmanager
 def using_weight_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Temporarily put every Bernoulli weight of ``model`` in ``mode``."""
+    """Temporarily put every binary weight of ``model`` in ``mode``."""
     check_weight_mode(mode)
-    params = [p for _, p in bernoulli_parametrizations(model)]
+    params = [p for _, p in binary_parametrizations(model)]
     saved = [p.mode for p in params]
     for p in params:
         p.mode = mode
@@ -161,16 +213,18 @@ def _plain_module(m: nn.Linear | nn.Conv2d, weight: torch.Tensor) -> nn.Module:
 
 
 def binarize(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose Bernoulli weights are replaced by plain ``±1`` tensors ``sign η``.
+    """A copy of ``model`` whose binary weights are replaced by plain ``±1`` tensors.
 
-    Each parametrized Linear/Conv2d becomes a plain one (the original model is untouched);
-    binary units are unchanged.
+    Each parametrized Linear/Conv2d becomes a plain one holding its parametrization's
+    :meth:`~LatentWeight.binary` weights (``sign η`` for Bernoulli weights; the original model is
+    untouched); binary units are unchanged.
     """
     out = copy.deepcopy(model)
     for name, m in list(out.named_modules()):
-        if any(m is pm for pm, _ in bernoulli_parametrizations(m)):
+        found = [p for pm, p in binary_parametrizations(m) if pm is m]
+        if found:
             eta = m.parametrizations.weight.original.detach()
             parent_name, _, child = name.rpartition(".")
             parent = out.get_submodule(parent_name) if parent_name else out
-            setattr(parent, child, _plain_module(m, sign(eta)))
+            setattr(parent, child, _plain_module(m, found[0].binary(eta)))
     return out

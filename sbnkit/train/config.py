@@ -2,16 +2,25 @@
 
 Sections and keys (defaults in parentheses)::
 
-    [model]           name (mlp) | convnet | cifar_s1; hidden ([1024, 1024], mlp hidden sizes);
+    [model]           name (mlp) | convnet | cifar_s1 | vgg16 | resnet18 | vgg_binaryconnect |
+                      mlp_binaryconnect; hidden ([1024, 1024], mlp hidden sizes);
+                      width (1.0, channel/unit multiplier of the last four, which have real
+                      ReLU activations and binary weights everywhere but as binary_first /
+                      binary_head say);
                       channels ([32, 64, 128], convnet); norm (batch) | affine | none;
                       binary_weights (true); binary_first (true); binary_head (false);
                       noise (logistic); noise_scale (1.0); weight_noise (logistic);
                       weight_noise_scale (0.5); weight_mode (sample) | mode | mean;
                       latent_clip (0 = none); init (default) | data
     [estimator]       name (st); [estimator.options]: keyword options of the estimator
-    [optim.latent]    optimizer of the Bernoulli latents: name (adam) | sgd; lr (0.01);
-                      momentum (0.9, sgd); nesterov (false); weight_decay (0 = latent weight
-                      decay, i.e. KL to the uniform prior)
+    [optim.latent]    the binary-weight method (sbnkit.optim): name (adam) | sgd (both: md,
+                      Bernoulli weights of [model] with that optimizer) | md | binaryconnect |
+                      md_tanh_s | bayesbinn | adaste | bop; lr (0.01); momentum (0.9; sgd,
+                      bayesbinn, adaste); nesterov (false); weight_decay (0 = latent weight
+                      decay, i.e. KL to the uniform prior; md, binaryconnect, md_tanh_s); any
+                      other key is an option of the method (e.g. temperature, train_scale,
+                      rule), checked by the method; train_size defaults to the training set's
+                      size. The builder attaches the method's weight parametrization.
     [optim.real]      optimizer of all other parameters, same keys; lr (0.001)
     [train]           epochs (10); batch_size (100); lr_schedule (cosine) | constant | step;
                       lr_step_epochs (10) and lr_gamma (0.1) for step; seed (1);
@@ -23,7 +32,9 @@ Sections and keys (defaults in parentheses)::
                       flipcrop; crop_padding (4); standardize (true); root ("" = default lookup)
     [eval]            samples (16, ensemble size K); batch_size (2000)
 
-Unknown keys, wrong types and bad values raise :class:`~sbnkit.errors.UserError` naming the key.
+Keys a method does not use (e.g. momentum for bop) are ignored, and so are the ``[model]``
+``weight_*`` / ``latent_clip`` keys for methods other than md (adam, sgd). Unknown keys, wrong
+types and bad values raise :class:`~sbnkit.errors.UserError` naming the key.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from .. import data as data_lib
 from .. import estimators
+from .. import optim as optim_lib
 from ..devices import DEVICE_NAMES
 from ..errors import UserError
 from ..models import MODELS
@@ -51,6 +63,9 @@ else:
     import tomli as tomllib
 
 OPTIMIZERS = ("adam", "sgd")
+LATENT_METHODS = (*OPTIMIZERS, *optim_lib.names())
+SBN_MODELS = ("mlp", "convnet", "cifar_s1")
+FLAT_MODELS = ("mlp", "mlp_binaryconnect")
 SCHEDULES = ("constant", "cosine", "step")
 INITS = ("default", "data")
 NORMS = ("batch", "affine", "none")
@@ -63,6 +78,7 @@ class ModelConfig:
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [1024, 1024])
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    width: float = 1.0
     norm: str = "batch"
     binary_weights: bool = True
     binary_first: bool = True
@@ -93,6 +109,7 @@ class OptimizerConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -214,6 +231,12 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     hints = get_type_hints(cls)
     known = [f.name for f in fields(cls)]
+    if cls is OptimizerConfig:  # other plain keys are the method's options, checked by check()
+        extra = {k: v for k, v in raw.items() if k not in known and not isinstance(v, dict)}
+        raw = {k: v for k, v in raw.items() if k not in extra}
+        raw["options"] = {**raw.get("options", {}), **extra} if extra else raw.get("options", {})
+        if not raw["options"]:
+            del raw["options"]
     for k in raw:
         if k not in known:
             what = f"section [{prefix}{k}]" if isinstance(raw[k], dict) else f"key {prefix}{k}"
@@ -255,15 +278,22 @@ def check(cfg: Config) -> Config:
     _positive("model.weight_noise_scale", m.weight_noise_scale)
     _positive("model.latent_clip", m.latent_clip, allow_zero=True)
     estimators.get(cfg.estimator.name, **cfg.estimator.options)
+    _positive("model.width", m.width)
+    if m.init == "data" and m.name not in SBN_MODELS:
+        raise UserError(f"model.init = 'data' needs an SBN model ({', '.join(SBN_MODELS)})")
     for which in ("latent", "real"):
         o: OptimizerConfig = getattr(cfg.optim, which)
-        _choice(f"optim.{which}.name", o.name, OPTIMIZERS)
+        _choice(f"optim.{which}.name", o.name, LATENT_METHODS if which == "latent" else OPTIMIZERS)
         _positive(f"optim.{which}.lr", o.lr)
         _positive(f"optim.{which}.weight_decay", o.weight_decay, allow_zero=True)
         if not 0.0 <= o.momentum < 1.0:
             raise UserError(f"optim.{which}.momentum must lie in [0, 1), got {o.momentum!r}")
         if o.nesterov and (o.name != "sgd" or o.momentum == 0):
             raise UserError(f'optim.{which}.nesterov needs name = "sgd" and momentum > 0')
+        if which == "real" and o.options:
+            known = [f.name for f in fields(o) if f.name != "options"]
+            _unknown_key("optim.real.", next(iter(o.options)), known)
+    check_latent(cfg.optim.latent)
     for key, value in (
         ("train.epochs", t.epochs),
         ("train.batch_size", t.batch_size),
@@ -291,9 +321,53 @@ def check(cfg: Config) -> Config:
         raise UserError(f"data.val_fraction must lie in [0, 1), got {d.val_fraction!r}")
     if d.augment != "none" and len(data_lib.get(d.name).input_shape) != 3:
         raise UserError(f"data.augment = {d.augment!r} needs image data; {d.name} is not")
-    if m.name != "mlp" and len(data_lib.get(d.name).input_shape) != 3:
+    if m.name not in FLAT_MODELS and len(data_lib.get(d.name).input_shape) != 3:
         raise UserError(f'model {m.name!r} needs image data; use model.name = "mlp" for {d.name}')
     return cfg
+
+
+def _unknown_key(prefix: str, key: str, known: list[str]) -> None:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {prefix}{known[0]}, ..."
+    raise UserError(f"unknown key {prefix}{key}; {hint}")
+
+
+def latent_method(o: OptimizerConfig) -> tuple[str, dict[str, Any]]:
+    """``(method name, its options)`` for ``[optim.latent]``: ``adam`` / ``sgd`` are ``md`` with
+    that base optimizer; ``lr`` always, ``momentum`` / ``nesterov`` / ``weight_decay`` where the
+    method takes them, plus the table's other keys."""
+    name = "md" if o.name in OPTIMIZERS else o.name
+    method = optim_lib.get(name)
+    options: dict[str, Any] = {"lr": o.lr}
+    if name == "md":
+        options["base"] = o.name if o.name in OPTIMIZERS else "adam"
+    for key in ("momentum", "nesterov", "weight_decay"):
+        if key in method.optim_options:
+            options[key] = getattr(o, key)
+    return name, {**options, **o.options}
+
+
+def check_latent(o: OptimizerConfig) -> None:
+    """Raise :class:`UserError` for a bad option of the ``[optim.latent]`` method, prefixed
+    ``optim.latent.``."""
+    name, options = latent_method(o)
+    method = optim_lib.get(name)
+    fixed = [f.name for f in fields(o) if f.name != "options"]
+    allowed = [*method.weight_options, *method.optim_options, *method.required]
+    if o.name in OPTIMIZERS or name == "md":  # md's weights are set by [model] weight_* keys
+        allowed = ["base"] if o.name == "md" else []
+    for key in o.options:
+        if name == "md" and key in method.weight_options:
+            raise UserError(
+                f"unknown key optim.latent.{key}; md takes its Bernoulli weights from "
+                "model.weight_noise, model.weight_noise_scale, model.weight_mode, model.latent_clip"
+            )
+        if key not in allowed or key in fixed:
+            _unknown_key("optim.latent.", key, fixed + [k for k in allowed if k not in fixed])
+    try:
+        method.check(options)
+    except UserError as exc:
+        raise UserError(f"optim.latent.{exc}") from None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

@@ -28,23 +28,51 @@ from tqdm import tqdm
 
 from .. import data as data_lib
 from .. import estimators
+from .. import optim as optim_lib
 from ..devices import resolve_device
 from ..distributed import Cluster, agree, all_reduce_gradients, join
 from ..errors import Stopped, StopSignal, UserError
 from ..estimators import Estimator
 from ..models import MODELS, data_init_
-from ..network import SBN
-from ..weights import clip_latents_, latent_parameters, real_parameters
+from ..weights import BernoulliWeight, clip_latents_, latent_parameters, real_parameters
 from . import state
-from .config import Config, OptimizerConfig
+from .config import Config, OptimizerConfig, latent_method
 from .metrics import evaluate, final_metrics
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
 
-def build_model(cfg: Config) -> SBN:
-    """The model of ``cfg.model`` for the shapes of ``cfg.data`` (not yet data-initialised)."""
+def weight_factory(cfg: Config) -> Callable[[], nn.Module]:
+    """New binary-weight parametrizations of the ``[optim.latent]`` method: for ``md`` (and
+    ``adam`` / ``sgd``) Bernoulli weights of the ``[model]`` ``weight_*`` keys."""
+    m = cfg.model
+    name, options = latent_method(cfg.optim.latent)
+    if name == "md":
+        return lambda: BernoulliWeight(
+            m.weight_noise, m.weight_noise_scale, m.weight_mode, m.latent_clip or None
+        )
+    method = optim_lib.get(name)
+    weight_options = method.split(options)[0]
+    return lambda: method.make_parametrization(**weight_options)
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The model of ``cfg.model`` for the shapes of ``cfg.data`` (not yet data-initialised),
+    its binary weights parametrized by the ``[optim.latent]`` method."""
     m, ds = cfg.model, data_lib.get(cfg.data.name)
+    weight = weight_factory(cfg)
+    if m.name in ("vgg16", "resnet18", "vgg_binaryconnect", "mlp_binaryconnect"):
+        binary = dict(
+            width=m.width,
+            binary_weights=m.binary_weights,
+            binary_first=m.binary_first,
+            binary_head=m.binary_head,
+            weight=weight,
+        )
+        if m.name == "mlp_binaryconnect":
+            n_in = math.prod(ds.input_shape)
+            return MODELS[m.name](n_in, ds.num_classes, input_shape=ds.input_shape, **binary)
+        return MODELS[m.name](ds.input_shape[0], ds.num_classes, ds.input_shape[-1], **binary)
     options = dict(
         norm=m.norm,
         binary_weights=m.binary_weights,
@@ -56,6 +84,7 @@ def build_model(cfg: Config) -> SBN:
         weight_noise_scale=m.weight_noise_scale,
         weight_mode=m.weight_mode,
         latent_clip=m.latent_clip or None,
+        weight=weight,
     )
     if m.name == "mlp":
         n_in = math.prod(ds.input_shape)
@@ -78,10 +107,24 @@ def _optimizer(params: list[nn.Parameter], o: OptimizerConfig) -> torch.optim.Op
     )
 
 
-def build_optimizers(cfg: Config, model: nn.Module) -> dict[str, torch.optim.Optimizer]:
-    """``{"latent": ..., "real": ...}`` optimizers of ``cfg.optim`` (empty groups left out)."""
-    groups = {"latent": latent_parameters(model), "real": real_parameters(model)}
-    return {k: _optimizer(p, getattr(cfg.optim, k)) for k, p in groups.items() if p}
+def build_optimizers(
+    cfg: Config, model: nn.Module, train_size: int | None = None
+) -> dict[str, torch.optim.Optimizer]:
+    """``{"latent": ..., "real": ...}`` optimizers of ``cfg.optim`` (empty groups left out); the
+    latent one is the ``[optim.latent]`` method's, with ``train_size`` (the number of training
+    examples) unless the config sets it."""
+    out = {}
+    latent, real = latent_parameters(model), real_parameters(model)
+    if latent:
+        name, options = latent_method(cfg.optim.latent)
+        method = optim_lib.get(name)
+        optim_options = method.split(options)[1]
+        if "train_size" in method.required and train_size is not None:
+            optim_options.setdefault("train_size", train_size)
+        out["latent"] = method.make_optimizer(latent, **optim_options)
+    if real:
+        out["real"] = _optimizer(real, cfg.optim.real)
+    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -96,7 +139,7 @@ class Run:
     """Everything a training run needs, built by :func:`prepare`."""
 
     config: Config
-    model: SBN
+    model: nn.Module
     estimator: Estimator
     optimizers: dict[str, torch.optim.Optimizer]
     train: Tensors
@@ -141,7 +184,7 @@ def prepare(cfg: Config) -> Run:
         )
     model = build_model(cfg).to(device)
     estimator = estimators.get(cfg.estimator.name, **cfg.estimator.options)
-    optimizers = build_optimizers(cfg, model)
+    optimizers = build_optimizers(cfg, model, train[0].shape[0])
     if cluster.rank:
         torch.manual_seed(cfg.train.seed + cluster.rank)
     return Run(cfg, model, estimator, optimizers, train, val, test, files, device, cluster)
@@ -206,6 +249,7 @@ def fit(
     schedulers = {
         k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in run.optimizers.items()
     }
+    hooks = optim_lib.Schedules(model, run.optimizers.values())
     params = [p for p in model.parameters() if p.requires_grad]
     at = state.LoopPosition(epoch=1, step=0, loss_total=0.0, logged=0, train_seconds=0.0)
     epoch_rng = None
@@ -234,6 +278,7 @@ def fit(
         model.train()
         tic = time.perf_counter()
         if at.step == 0:
+            hooks.epoch_start()
             epoch_rng = state.capture_rng(shuffle, augment)
         else:  # resuming inside an epoch: redraw its order, then continue every stream
             shuffle.set_state(epoch_rng["shuffle"])
@@ -264,6 +309,7 @@ def fit(
             clip_latents_(model)
             for s in schedulers.values():
                 s.step()
+            hooks.step_end()
             value, stopping = agree(float(loss.detach()), bool(stop), cluster, run.device)
             if not math.isfinite(value):
                 raise UserError(

@@ -1,0 +1,145 @@
+"""BayesBiNN (Meng, Bachmann, Khan, ICML 2020): the Bayesian learning rule for Bernoulli weights.
+
+The posterior is a mean-field Bernoulli with natural parameters ``λ`` (``P(w = +1) = σ(2λ)``,
+mean ``μ = tanh λ``). :class:`BayesBiNNWeight` is the parametrization: in training it draws the
+relaxed sample ``w = tanh((λ + δ)/τ)`` (:func:`~sbnkit.optim.functional.bayesbinn_sample`) and
+passes ``∂ℓ/∂w`` to ``λ`` unchanged; it records the sample for the optimizer. In evaluation the
+weights are the mode ``sign λ`` (weight mode ``"mode"``) or, for Monte-Carlo prediction, hard
+samples ``w ~ Bernoulli(σ(2λ))`` (weight mode ``"sample"``, as in the ensemble evaluation).
+
+:class:`BayesBiNN` is the update (:func:`~sbnkit.optim.functional.bayesbinn_update`) with
+``N = train_size · train_scale``, momentum with bias correction, prior ``λ₀`` and KL weight.
+The published code computes the mean ``μ`` of the scale ``s`` from the latent *before the
+previous* update (one step late); here ``μ = tanh λ`` of the current latent, i.e. ``μ`` refreshed
+after every update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .. import noise as noise_lib
+from ..errors import UserError
+from ..units import sign
+from ..weights import LatentWeight, check_weight_mode
+from . import _checks
+from .functional import bayesbinn_sample, bayesbinn_update
+
+__all__ = ["BayesBiNN", "BayesBiNNWeight"]
+
+# latent parameter -> (last relaxed sample, its temperature), written by the forward pass
+_SAMPLES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+class BayesBiNNWeight(LatentWeight):
+    """Relaxed Bernoulli weights of temperature ``temperature`` (> 0) (see the module docstring).
+
+    ``init`` (> 0): registered on a float weight ``w0`` the latent starts at ``init · sign(w0)``
+    (the published ``±λ_init = ±10``). ``mode``: ``"sample"`` (relaxed sample in training, hard
+    sample in evaluation), ``"mode"`` (``sign λ``) or ``"mean"`` (``tanh λ``). Raises
+    ``UserError`` for bad values.
+    """
+
+    def __init__(
+        self, temperature: float = 1e-10, init: float = 10.0, mode: str = "sample"
+    ) -> None:
+        super().__init__()
+        self.temperature = _checks.positive("temperature", temperature)
+        self.init = _checks.positive("init", init)
+        self.mode = check_weight_mode(mode)
+        self.noise = noise_lib.get("logistic", 0.5)
+
+    def forward(self, lam: torch.Tensor) -> torch.Tensor:
+        latent = lam.detach()
+        if self.mode == "mode":
+            w = sign(latent)
+        elif self.mode == "mean":
+            w = torch.tanh(latent)
+        elif self.training:
+            w = bayesbinn_sample(latent, torch.rand_like(latent), self.temperature)
+            _SAMPLES[lam] = (w, self.temperature)
+        else:
+            w = self.noise.sample_sign(latent)
+        return w + (lam - latent)
+
+    def right_inverse(self, w0: torch.Tensor) -> torch.Tensor:
+        return self.init * sign(w0.detach())
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:g}, mode={self.mode}"
+
+
+class BayesBiNN(torch.optim.Optimizer):
+    """The BayesBiNN update of latents ``λ`` parametrized by :class:`BayesBiNNWeight`.
+
+    ``lr`` > 0; ``momentum`` in ``[0, 1)``; ``train_size`` ≥ 1 times ``train_scale`` > 0 is
+    ``N``; ``prior`` the prior natural parameter ``λ₀``; ``kl_weight`` ≥ 0. Each :meth:`step`
+    uses the relaxed sample of the latest training forward pass (one sample per step) and
+    raises ``UserError`` if a latent with a gradient has none. Raises ``UserError`` for bad
+    values.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-4,
+        momentum: float = 0.0,
+        *,
+        train_size: float,
+        train_scale: float = 1.0,
+        prior: float = 0.0,
+        kl_weight: float = 1.0,
+    ) -> None:
+        defaults = dict(
+            lr=_checks.positive("lr", lr),
+            momentum=_checks.in_range("momentum", momentum, 0.0, 1.0),
+            train_size=_checks.at_least("train_size", train_size, 1.0),
+            train_scale=_checks.positive("train_scale", train_scale),
+            prior=_checks.real("prior", prior),
+            kl_weight=_checks.at_least("kl_weight", kl_weight, 0.0),
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One update of every latent with a gradient; returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                recorded = _SAMPLES.pop(p, None)
+                if recorded is None:
+                    raise UserError(
+                        "BayesBiNN.step found no relaxed sample for a latent: run the model's "
+                        "forward in training mode with BayesBiNNWeight weights before each step"
+                    )
+                w, temperature = recorded
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                state["step"] += 1
+                lam, exp_avg = bayesbinn_update(
+                    p,
+                    state["exp_avg"],
+                    p.grad,
+                    w,
+                    torch.tanh(p),
+                    state["step"],
+                    lr=group["lr"],
+                    momentum=group["momentum"],
+                    temperature=temperature,
+                    train_size=group["train_size"] * group["train_scale"],
+                    prior=group["prior"],
+                    kl_weight=group["kl_weight"],
+                )
+                p.copy_(lam)
+                state["exp_avg"].copy_(exp_avg)
+        return loss
