@@ -29,12 +29,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, compare, lrsearch
 from . import data as data_lib
 from .devices import resolve_device
 from .distributed import leave
 from .errors import Stopped, StopSignal, UserError
 from .inference import EVAL_MODES
+from .lrsearch import LR_KEYS, check_search, lr_search, with_lr
 from .provenance import provenance
 from .runfolder import RunFolder, check_folder
 from .train import (
@@ -113,6 +114,46 @@ def _parser() -> argparse.ArgumentParser:
         help="where to evaluate: auto (CUDA when present), cpu, cuda, cuda:N or mps",
     )
     ev.set_defaults(func=_evaluate)
+    lr = sub.add_parser(
+        "lr-search",
+        help="choose the learning rate by short trial runs",
+        description="Golden-section search of log10(lr) minimising the final training loss of "
+        "short trial runs from the same init and seed, constant lr (the PSA paper's protocol). "
+        "Writes lr_search.json, lr_search.png and best.toml (the config with the chosen lr).",
+    )
+    lr.add_argument("config", help="the TOML config file")
+    lr.add_argument("overrides", nargs="*", metavar="key=value", help="override a config value")
+    lr.add_argument("--out", metavar="DIR", help="output folder (default: runs/<stem>-lr)")
+    lr.add_argument("--overwrite", action="store_true", help="replace an earlier search in DIR")
+    lr.add_argument("--trials", type=int, default=10, help="trial runs (default 10)")
+    lr.add_argument("--epochs", type=int, default=5, help="epochs per trial (default 5)")
+    lr.add_argument("--low", type=float, default=-6.0, help="lowest log10 lr (default -6)")
+    lr.add_argument("--high", type=float, default=0.0, help="highest log10 lr (default 0)")
+    lr.add_argument(
+        "--keys",
+        default=",".join(LR_KEYS),
+        help="learning-rate keys moved together, ratios kept (default: both optimizers)",
+    )
+    lr.set_defaults(func=_lr_search)
+    cmp = sub.add_parser(
+        "compare",
+        help="train configs over seeds and tabulate mean ± std",
+        description="Train every CONFIG with seeds 1..S (each run a sub-folder of DIR), then "
+        "write summary.md (mean ± std over seeds), summary.json and compare.png.",
+    )
+    cmp.add_argument("configs", nargs="+", metavar="CONFIG", help="TOML config files")
+    cmp.add_argument("--seeds", type=int, default=3, help="seeds per config (default 3)")
+    cmp.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    cmp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="key=value",
+        help="override a value in every config (repeatable)",
+    )
+    cmp.add_argument("--out", metavar="DIR", default="runs/compare", help="(default runs/compare)")
+    cmp.add_argument("--overwrite", action="store_true", help="replace an earlier comparison")
+    cmp.set_defaults(func=_compare)
     sub.add_parser(
         "gradeval", help="gradient-accuracy experiment (arguments are forwarded)", add_help=False
     )
@@ -266,6 +307,90 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(model, x, y, args.mode, samples, cfg.eval.batch_size)
     label = {"mode": "mode network", "sample": "one sample"}.get(args.mode, f"ensemble K={samples}")
     print(f"test accuracy ({label}): {result['acc']:.4f}  NLL {result['nll']:.4f}")
+    return 0
+
+
+def _lr_search(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    out = args.out if args.out is not None else Path("runs") / f"{Path(args.config).stem}-lr"
+    check_folder(out, "lr-search", overwrite=args.overwrite)
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+    with_lr(cfg, keys, 0.0)  # checks the keys before any compute
+    check_search(args.low, args.high, args.trials, args.epochs)
+    record = provenance(args.argv)
+    with RunFolder(
+        out, "lr-search", overwrite=args.overwrite, provenance=record, report=_echo
+    ) as rf:
+        trials = lr_search(
+            cfg,
+            keys=keys,
+            low=args.low,
+            high=args.high,
+            trials=args.trials,
+            epochs=args.epochs,
+            log=_echo,
+        )
+        best = min(trials, key=lambda t: t.loss)
+        if best.loss == float("inf"):
+            raise UserError(
+                f"every trial diverged in [1e{args.low:g}, 1e{args.high:g}]; lower --low/--high "
+                "or set train.grad_clip"
+            )
+        chosen = with_lr(cfg, keys, best.log10_lr)
+        chosen.train.lr_schedule = cfg.train.lr_schedule
+        rf.write_text("best.toml", chosen.to_toml())
+        summary = {
+            "trials": [vars(t) for t in trials],
+            "best_log10_lr": best.log10_lr,
+            "chosen": {k: _lookup(chosen.to_dict(), k) for k in keys},
+            "epochs_per_trial": args.epochs,
+        }
+        rf.write_text("lr_search.json", json.dumps(summary, indent=1, default=str) + "\n")
+        with rf.target("lr_search.png") as tmp:
+            lrsearch.plot(trials, tmp)
+    lrs = ", ".join(f"{k} = {v:.4g}" for k, v in summary["chosen"].items())
+    print(f"chosen: {lrs} (final training loss {best.loss:.4f}); config in {rf.path}/best.toml")
+    return 0
+
+
+def _lookup(tree: dict, key: str) -> object:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _compare(args: argparse.Namespace) -> int:
+    runs = compare.plan(args.configs, args.seeds)
+    for path in {spec.config for spec in runs}:
+        load_config(path, args.set)  # every config and override is checked before any compute
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be a positive integer, got {args.jobs}")
+    check_folder(args.out, "compare", overwrite=args.overwrite)
+    record = provenance(args.argv)
+    with RunFolder(
+        args.out, "compare", overwrite=args.overwrite, provenance=record, report=_echo
+    ) as rf:
+
+        def done(results: dict[str, dict]) -> None:
+            rf.write_text("runs.json", json.dumps(sorted(results)) + "\n", keep=True)
+            rf.set_progress(f"{len(results)} of {len(runs)} runs finished (runs.json)")
+
+        metrics = compare.train_all(
+            runs,
+            rf.path,
+            jobs=args.jobs,
+            overrides=args.set,
+            overwrite=args.overwrite,
+            log=_echo,
+            on_done=done,
+        )
+        table, by_config = compare.summarise(runs, metrics)
+        rf.write_text("summary.md", table)
+        rf.write_text("summary.json", json.dumps(by_config, indent=1) + "\n")
+        with rf.target("compare.png") as tmp:
+            compare.plot(by_config, tmp)
+    print(table, end="")
+    print(f"{len(runs)} runs in {rf.path}")
     return 0
 
 
