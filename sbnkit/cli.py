@@ -50,7 +50,7 @@ from .train import (
     state,
 )
 from .train.loop import seed_everything
-from .train.metrics import evaluate
+from .train.metrics import evaluate, log_summary
 
 STATE_FILE = "checkpoint.pt"
 
@@ -263,6 +263,8 @@ def _train_run(
             metrics = fit(
                 run, on_epoch=log_epoch, echo=_echo, save_state=save_state, stop=stop, resume=saved
             )
+        log = (rf.path / "log.jsonl").read_text(encoding="utf-8").splitlines()
+        metrics.update(log_summary([json.loads(line) for line in log]))
         with rf.target("model.pt") as tmp:
             checkpoint.save(tmp, run.model, cfg.to_dict(), metrics)
         rf.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -277,6 +279,11 @@ def _train_run(
         print(
             f"test accuracy ({label}): {metrics[f'test_acc_{key}']:.4f}  "
             f"NLL {metrics[f'test_nll_{key}']:.4f}"
+        )
+    if "best_val_epoch" in metrics:
+        print(
+            f"best validation epoch {metrics['best_val_epoch']}: its test accuracy (mode "
+            f"network) {metrics['test_acc_mode_at_best_val']:.4f}"
         )
     print(f"{metrics['epochs']} epochs in {metrics['seconds']:.0f} s; run saved to {rf.path}")
     return 0

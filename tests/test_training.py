@@ -13,6 +13,7 @@ from sbnkit.errors import Stopped
 from sbnkit.inference import predict_proba
 from sbnkit.train import build_model, checkpoint, fit, parse_config, prepare, state
 from sbnkit.train.loop import _lr_factor
+from sbnkit.train.metrics import log_summary
 from sbnkit.weights import latent_parameters
 
 TOY = """
@@ -251,3 +252,39 @@ def test_training_state_files_are_checked(tmp_path):
     (tmp_path / "t.pt").write_bytes(b"garbage")
     with pytest.raises(UserError, match="refusing to load|not a readable sbnkit training state"):
         state.load(tmp_path / "t.pt")
+
+
+def test_the_log_summary_selects_by_validation_and_lists_flips():
+    records = [
+        {"epoch": 1, "flip_ratio": 0.5, "val_acc_mode": 0.7, "test_acc_mode": 0.1,
+         "test_nll_mode": 3.0},
+        {"epoch": 2, "flip_ratio": 0.2, "val_acc_mode": 0.8, "test_acc_mode": 0.2,
+         "test_nll_mode": 2.0},
+        {"epoch": 3, "flip_ratio": 0.1, "val_acc_mode": 0.8, "test_acc_mode": 0.9,
+         "test_nll_mode": 1.0},
+    ]  # fmt: skip
+    assert log_summary(records) == {
+        "flip_ratio_per_epoch": [0.5, 0.2, 0.1],
+        "best_val_epoch": 2,
+        "val_acc_mode_at_best_val": 0.8,
+        "test_acc_mode_at_best_val": 0.2,
+        "test_nll_mode_at_best_val": 2.0,
+    }
+    assert log_summary([{"epoch": 1, "test_acc_mode": 0.5}]) == {}
+
+
+def test_flip_ratio_counts_sign_changes_of_the_binary_weights():
+    run = prepare(parse_config(TOY, ["train.epochs=2"]))
+    latents = latent_parameters(run.model)
+    before = [lat.detach() >= 0 for lat in latents]
+    log = []
+    fit(run, log.append, progress=False)
+    total = sum(lat.numel() for lat in latents)
+    assert all(0.0 <= r["flip_ratio"] <= 1.0 for r in log)
+    after = sum(
+        int(((lat.detach() >= 0) != b).sum()) for lat, b in zip(latents, before, strict=True)
+    )
+    # flips over two epochs: at most the sum of the per-epoch flips, at least their difference
+    assert after / total <= log[0]["flip_ratio"] + log[1]["flip_ratio"] + 1e-12
+    assert after / total >= abs(log[0]["flip_ratio"] - log[1]["flip_ratio"]) - 1e-12
+    assert log[0]["flip_ratio"] > 0

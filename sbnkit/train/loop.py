@@ -213,9 +213,10 @@ def fit(
     """Train ``run`` for ``config.train.epochs`` epochs.
 
     ``on_epoch`` receives each finished epoch's record (``epoch``, ``train_loss``,
-    ``test_acc_mode``, ``test_nll_mode``, ``val_*_mode`` with a validation split, ``seconds``,
-    ``elapsed``, learning rates); ``progress``: show a tqdm bar on stderr (default: when stderr
-    is a terminal); ``echo`` receives a one-line summary per epoch.
+    ``flip_ratio`` (the fraction of binary weights whose sign the epoch changed), ``val_*_mode``
+    with a validation split, ``test_acc_mode``, ``test_nll_mode``, ``seconds``,
+    ``images_per_s``, ``elapsed``, learning rates); ``progress``: show a tqdm bar on stderr
+    (default: when stderr is a terminal); ``echo`` receives a one-line summary per epoch.
 
     ``save_state(position, write)`` is called every ``train.checkpoint_every`` epochs and when
     ``stop`` is set (by a signal handler); it calls ``write(path)`` to write the training state
@@ -264,10 +265,16 @@ def fit(
         if cluster.rank:  # the state holds rank 0's noise stream; the others start afresh
             torch.manual_seed(t.seed + cluster.rank + 7919 * (at.epoch * 1_000_003 + at.step))
 
+    latents = latent_parameters(model)
+    signs = []  # the binary weights' signs at the start of the epoch in progress
+    if resume is not None:
+        signs = [x.to(lat.device) for x, lat in zip(resume["epoch_signs"], latents, strict=True)]
+
     def checkpoint_now(rng: dict[str, Any]) -> None:
         if save_state is not None:
             save_state(
-                at, lambda path: state.save(path, at, model, run.optimizers, schedulers, rng)
+                at,
+                lambda path: state.save(path, at, model, run.optimizers, schedulers, rng, signs),
             )
 
     for epoch in range(at.epoch, t.epochs + 1):
@@ -280,6 +287,7 @@ def fit(
         if at.step == 0:
             hooks.epoch_start()
             epoch_rng = state.capture_rng(shuffle, augment)
+            signs = [lat.detach() >= 0 for lat in latents]
         else:  # resuming inside an epoch: redraw its order, then continue every stream
             shuffle.set_state(epoch_rng["shuffle"])
         steps_done = at.step
@@ -330,6 +338,11 @@ def fit(
         at.train_seconds += seconds
         images_per_s = (at.step - steps_done) * t.batch_size / max(seconds, 1e-9)
         record = {"epoch": epoch, "train_loss": at.loss_total / at.step}
+        if latents:
+            flips = sum(
+                int(((lat.detach() >= 0) != s).sum()) for lat, s in zip(latents, signs, strict=True)
+            )
+            record["flip_ratio"] = flips / sum(lat.numel() for lat in latents)
         if run.val is not None:
             val = evaluate(model, *run.val, "mode", batch_size=e.batch_size)
             record.update(val_acc_mode=val["acc"], val_nll_mode=val["nll"])

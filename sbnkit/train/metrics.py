@@ -47,3 +47,23 @@ def final_metrics(
         "ensemble_samples": samples,
         "eval_seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def log_summary(records: list[dict]) -> dict[str, object]:
+    """What the per-epoch log adds to the final metrics: ``flip_ratio_per_epoch`` (binary
+    weights only) and, with a validation split, ``best_val_epoch`` (highest ``val_acc_mode``,
+    the earliest on ties) with that epoch's ``test_acc_mode_at_best_val`` and
+    ``test_nll_mode_at_best_val``: model selection that never looks at the test set."""
+    out: dict[str, object] = {}
+    if records and "flip_ratio" in records[0]:
+        out["flip_ratio_per_epoch"] = [r["flip_ratio"] for r in records]
+    scored = [r for r in records if "val_acc_mode" in r]
+    if scored:
+        best = max(scored, key=lambda r: (r["val_acc_mode"], -r["epoch"]))
+        out.update(
+            best_val_epoch=best["epoch"],
+            val_acc_mode_at_best_val=best["val_acc_mode"],
+            test_acc_mode_at_best_val=best["test_acc_mode"],
+            test_nll_mode_at_best_val=best["test_nll_mode"],
+        )
+    return out

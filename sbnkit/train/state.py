@@ -79,8 +79,10 @@ def save(
     optimizers: dict[str, torch.optim.Optimizer],
     schedulers: dict[str, Any],
     rng: dict[str, Any],
+    epoch_signs: list[torch.Tensor],
 ) -> None:
-    """Write the training state to ``path`` atomically."""
+    """Write the training state to ``path`` atomically (``epoch_signs``: the binary weights'
+    signs at the start of the epoch in progress, for its flip ratio)."""
     checkpoint.write(
         path,
         {
@@ -91,6 +93,7 @@ def save(
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
             "rng": rng,
+            "epoch_signs": [x.cpu() for x in epoch_signs],
         },
     )
 
@@ -108,6 +111,8 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         for key in ("model", "optimizers", "schedulers", "rng"):
             if not isinstance(payload[key], dict):
                 raise TypeError(key)
+        if not isinstance(payload["epoch_signs"], list):
+            raise TypeError("epoch_signs")
     except (KeyError, TypeError):
         raise UserError(
             f"training state {path} is incomplete or damaged; the run cannot be resumed"
