@@ -13,11 +13,12 @@ from pathlib import Path
 from ..errors import UserError
 from ..network import SBN
 from . import format as deploy_format
+from . import source
 from .engine import KERNELS, Engine
 from .fold import fold_model
 from .summary import Summary, summary
 
-__all__ = ["KERNELS", "Engine", "Summary", "export", "load", "summary"]
+__all__ = ["KERNELS", "Engine", "Summary", "export", "load", "source", "summary"]
 
 
 def export(model: SBN, path: str | os.PathLike, overwrite: bool = True) -> Path:

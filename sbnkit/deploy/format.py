@@ -113,14 +113,18 @@ def read(path: str | os.PathLike) -> tuple[dict, list[Layer]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"deploy file {path} does not exist; write one with `sbnkit export`")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not an sbnkit deploy file (truncated or not an npz archive)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise UserError(f"{path} holds pickled objects, which are never loaded") from None
+        raise UserError(f"{path} is damaged ({str(exc).splitlines()[0]})") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(
-            f"{path} is not a readable sbnkit deploy file (truncated or not an npz: {first})"
-        ) from None
+        raise UserError(f"{path} is truncated or damaged ({first})") from None
     magic = data.get("magic")
     if magic is None or magic.dtype != np.uint8 or magic.tobytes() != MAGIC:
         raise UserError(f"{path} is not an sbnkit deploy file (wrong magic)")
@@ -137,6 +141,8 @@ def read(path: str | os.PathLike) -> tuple[dict, list[Layer]]:
         )
     try:
         layers = _check_layers(header, data)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path} has a malformed header ({type(exc).__name__}: {exc})") from None
     return header, layers

@@ -184,9 +184,8 @@ def summary(model: SBN) -> Summary:
         for h in hooks:
             h.remove()
     rows, reads_states = [], False
-    for i, stage in enumerate(model.stages):
-        if not isinstance(stage, Stage):
-            continue
+    stages = [s for s in model.stages if isinstance(s, Stage)]
+    for i, stage in enumerate(stages):
         kind = "Conv2d" if isinstance(stage.op, nn.Conv2d) else "Linear"
         rows.append(
             _row(
