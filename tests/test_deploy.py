@@ -13,7 +13,7 @@ from torch import nn
 
 from sbnkit import binarize, cli, deploy, models
 from sbnkit.deploy import format as deploy_format
-from sbnkit.deploy.engine import popcount_numba, popcount_numpy
+from sbnkit.deploy.engine import popcount_numba, popcount_numpy, signed_sum_numba
 from sbnkit.deploy.fold import fold_threshold
 from sbnkit.deploy.packing import dot_reference, pack_signs, unpack_signs, words_for
 from sbnkit.errors import UserError
@@ -51,6 +51,15 @@ def test_numba_kernel_equals_numpy_reference():
     expected = np.bitwise_count(x[:, None, :] ^ w[None]).sum(-1)
     np.testing.assert_array_equal(popcount_numpy(x, w), expected)
     np.testing.assert_array_equal(popcount_numba(x, w), expected)
+
+
+@pytest.mark.parametrize("k", [5, 64, 100])
+def test_lookup_kernel_for_float_inputs_and_packed_weights(k):
+    rng = np.random.default_rng(k)
+    w = rng.choice([-1.0, 1.0], size=(9, k))
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    out = signed_sum_numba(x, pack_signs(w < 0), k)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w.T, rtol=1e-6, atol=1e-5)
 
 
 def test_fold_threshold_rule_against_brute_force():
@@ -189,10 +198,13 @@ def test_engine_matches_mode_network(name, tmp_path):
     )
     if name not in ("mlp-real-weights", "relu-binary-weights"):
         assert integer_layers >= 1
-    numba_engine = deploy.load(tmp_path / "m.npz", kernel="numba")
-    np.testing.assert_array_equal(
-        numba_engine.predict(x.float().numpy()), engine.predict(x.float().numpy())
-    )
+    # the compiled kernels: identical integers, float layers equal to round-off
+    numba_trace = deploy.load(tmp_path / "m.npz", kernel="numba").trace(x.float().numpy())
+    for layer, (t, _), (t_numba, _) in zip(engine.layers, trace, numba_trace, strict=True):
+        if layer.integer:
+            np.testing.assert_array_equal(t_numba, t)
+        else:
+            np.testing.assert_allclose(t_numba, t, rtol=1e-5, atol=1e-4)
 
 
 def test_integer_thresholds_reproduce_pytorch_at_every_reachable_value(tmp_path):
