@@ -143,7 +143,7 @@ def read(path: str | os.PathLike) -> tuple[dict, list[Layer]]:
         layers = _check_layers(header, data)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path} has a malformed header ({type(exc).__name__}: {exc})") from None
     return header, layers
 
