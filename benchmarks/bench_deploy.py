@@ -86,11 +86,12 @@ def torch_bytes(model: torch.nn.Module) -> int:
 
 
 def engine_bytes(engine: deploy.Engine) -> tuple[int, int]:
-    """(bytes of the packed binary weights, resident bytes of all engine weight arrays)."""
+    """(bytes of the packed binary weights, resident bytes of the engine's weight arrays right
+    after load: packed words, float32 weights, conv padding corrections)."""
     packed = sum(layer.words.nbytes for layer in engine.layers if layer.words is not None)
     resident = 0
     for layer in engine.layers:
-        for a in (layer.words, layer.floats, layer.correction):
+        for a in (layer.words, layer._floats, layer.correction):
             resident += 0 if a is None else a.nbytes
     return packed, resident
 

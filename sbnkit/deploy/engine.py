@@ -5,7 +5,8 @@ packed words (conv: on packed im2col patches, with the padding correction of
 :data:`~sbnkit.deploy.format.SEMANTICS`), exactly in integers, then compare ``t`` with the folded
 threshold. Layers that read floats (pixels, real activations, average-pooled states) or hold
 float32 weights compute ``t`` in float32; their binary weights are unpacked to ``±1`` float32
-once, at load. States between layers are boolean arrays (``True`` = ``−1``), channels last.
+on first use (and kept), except where the numba lookup kernel below applies. States between
+layers are boolean arrays (``True`` = ``−1``), channels last.
 
 Two popcount kernels give identical integers: ``numpy`` (XOR + ``np.bitwise_count``, in row
 chunks) and ``numba`` (one fused XOR–popcount loop per output, parallel, LLVM ``ctpop``). With
@@ -164,23 +165,30 @@ class _Compiled:
         )
         self.integer = meta["input"] == "bits" and meta["weight"] == "bits"
         self.output = meta["output"]
-        self.words = self.floats = self.correction = None
+        self.words = self._floats = self.correction = None
         self.stored_bytes = int(arrays["weight"].nbytes)
         if self.integer:
             self.words = np.ascontiguousarray(arrays["weight"])
             if self.conv:
                 signs = unpack_signs(self.words, self.k, np.int64)
                 self.correction = _padding_correction(meta, signs)
+                if self.correction is not None:
+                    self.correction = self.correction.astype(np.int32)
         elif meta["weight"] == "bits":
             self.words = np.ascontiguousarray(arrays["weight"])
-            self.floats = unpack_signs(self.words, self.k, np.float32)
         else:
-            self.floats = np.ascontiguousarray(arrays["weight"], dtype=np.float32)
+            self._floats = np.ascontiguousarray(arrays["weight"], dtype=np.float32)
         if self.output == "sign":
             self.threshold = arrays["threshold"]
             self.flip = arrays["flip"].astype(bool)
         else:
             self.scale, self.shift = arrays["scale"], arrays["shift"]
+
+    def floats(self) -> np.ndarray:
+        """The float32 ``[N, K]`` weights (packed ones are unpacked on first use and kept)."""
+        if self._floats is None:
+            self._floats = unpack_signs(self.words, self.k, np.float32)
+        return self._floats
 
     def preactivation(self, x: np.ndarray, kernel: str) -> np.ndarray:
         """``t = W·x`` (int64 for integer layers, float32 otherwise); ``x`` bool or float32."""
@@ -201,11 +209,11 @@ class _Compiled:
             x = (1.0 - 2.0 * x).astype(np.float32)
         if self.conv:
             rows = _im2col(x, meta, 0.0)
-            return rows @ self.floats.T
+            return rows @ self.floats().T
         x = x.reshape(x.shape[0], -1)
         if kernel == "numba" and self.words is not None and x.shape[0] <= SIGNED_SUM_MAX_BATCH:
             return signed_sum_numba(x, self.words, self.k)
-        return x @ self.floats.T
+        return x @ self.floats().T
 
     def activate(self, t: np.ndarray) -> np.ndarray:
         """The layer output: bool states (``True`` = ``−1``) or float32 values."""
