@@ -170,6 +170,22 @@ def latency(reps: int, tmp: Path) -> dict:
     return result
 
 
+def latency_table(result: dict) -> str:
+    """The latencies as a markdown table (ms; speed-up = PyTorch / numba engine)."""
+    lines = [
+        "| model | batch | threads | PyTorch float32 | engine numba | engine numpy | speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for threads, rows in result.items():
+        for key, row in rows.items():
+            name, _, batch = key.partition(" batch ")
+            lines.append(
+                f"| {name} | {batch} | {threads} | {row['torch']:.3f} | {row['numba']:.3f} | "
+                f"{row['numpy']:.3f} | {row['torch'] / row['numba']:.2f}× |"
+            )
+    return "\n".join(lines)
+
+
 def fmnist(checkpoint_path: str | None, quick: bool, tmp: Path) -> dict | None:
     """Argmax agreement of engine and PyTorch on the whole Fashion-MNIST test set."""
     try:
@@ -245,6 +261,8 @@ def main() -> None:
         if "fmnist" in parts:
             report["fmnist"] = fmnist(args.checkpoint, args.quick, tmp)
         print(json.dumps(report, indent=2))
+        if "latency_ms" in report:
+            print(latency_table(report["latency_ms"]))
 
 
 if __name__ == "__main__":
