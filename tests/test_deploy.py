@@ -225,6 +225,21 @@ def test_integer_thresholds_reproduce_pytorch_at_every_reachable_value(tmp_path)
     np.testing.assert_array_equal(engine_plus, plus)
 
 
+def test_export_uses_running_statistics_and_keeps_training_mode(tmp_path):
+    torch.manual_seed(4)
+    model = models.mlp([12, 20, 3], norm="batch", binary_weights=True)
+    _randomize_norms(model)
+    model.train()
+    deploy.export(model, tmp_path / "train.npz")
+    assert model.training
+    model.eval()
+    deploy.export(model, tmp_path / "eval.npz")
+    x = np.random.default_rng(0).standard_normal((4, 12)).astype(np.float32)
+    a = deploy.load(tmp_path / "train.npz").predict(x)
+    assert a.dtype == np.float32
+    np.testing.assert_array_equal(a, deploy.load(tmp_path / "eval.npz").predict(x))
+
+
 def test_binarized_plain_weights_are_packed(tmp_path):
     torch.manual_seed(3)
     model = models.mlp([20, 30, 4], norm="batch", binary_weights=True)

@@ -32,12 +32,7 @@ def export(model: SBN, path: str | os.PathLike, overwrite: bool = True) -> Path:
         raise UserError(f"{path} exists; pass --overwrite to replace it")
     if path.is_dir():
         raise UserError(f"{path} is a folder; pass a file name for the export")
-    was_training = model.training
-    model.eval()
-    try:
-        layers, input_shape = fold_model(model)
-    finally:
-        model.train(was_training)
+    layers, input_shape = fold_model(model)
     deploy_format.write(path, layers, input_shape)
     return path
 

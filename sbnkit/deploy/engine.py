@@ -219,8 +219,8 @@ class _Compiled:
         """The layer output: bool states (``True`` = ``−1``) or float32 values."""
         if self.output == "sign":
             return np.where(self.flip, t > self.threshold, t < self.threshold)
-        y = t * self.scale + self.shift
-        return np.maximum(y, 0.0, dtype=np.float32) if self.output == "relu" else y
+        y = (t * self.scale + self.shift).astype(np.float32, copy=False)
+        return np.maximum(y, 0.0) if self.output == "relu" else y
 
 
 class Engine:

@@ -114,11 +114,13 @@ def _integer_threshold(
     cand = base[None, :] + offsets[:, None]  # [7, N]
     dtype = bias.dtype
     probe = torch.as_tensor(cand, dtype=dtype) + bias.detach()[None, :]
-    if isinstance(stage.op, nn.Conv2d):
-        probe = probe[:, :, None, None]
+    if isinstance(stage.op, nn.Conv2d):  # a 4x4 map, so the norm runs its vectorised path
+        probe = probe[:, :, None, None].expand(-1, -1, 4, 4).contiguous()
     with torch.no_grad():
         y = probe if stage.norm is None else stage.norm(probe)
-    plus = (y >= 0).reshape(len(offsets), -1).numpy()
+    if y.dim() == 4:
+        y = y[:, :, 0, 0]
+    plus = (y >= 0).numpy()
     out = base.copy()
     for j in range(base.size):
         col = plus[:, j]
@@ -227,12 +229,22 @@ def _out_shape(meta: dict) -> tuple[int, ...]:
 
 
 def fold_model(model: SBN) -> tuple[list[Layer], tuple[int, ...]]:
-    """The deployable layers of ``model``'s mode network and its input shape.
+    """The deployable layers of ``model``'s mode network (norms in eval mode) and its input
+    shape.
 
     Raises :class:`UserError` for modules that cannot be exported.
     """
     if not isinstance(model, SBN):
         raise UserError(f"only sbnkit SBN models can be exported, not {type(model).__name__}")
+    was_training = model.training
+    model.eval()
+    try:
+        return _fold(model)
+    finally:
+        model.train(was_training)
+
+
+def _fold(model: SBN) -> tuple[list[Layer], tuple[int, ...]]:
     input_shape = tuple(model.input_shape)
     # the engine holds spatial maps channels last
     shape = (
