@@ -210,29 +210,34 @@ def fmnist(checkpoint_path: str | None, quick: bool, tmp: Path) -> dict | None:
     x = x_test.float()
     with torch.no_grad(), using_rule(twin, Rule("det_st")):
         logits_torch = twin(x).numpy()
-        first = twin.stages[1] if isinstance(twin.stages[0], torch.nn.Flatten) else twin.stages[0]
-        states_torch = first(x.flatten(1) if first is not twin.stages[0] else x).numpy() < 0
+        first = [s for s in twin.stages if not isinstance(s, torch.nn.Flatten)][0]
+        x_first = x.flatten(1) if isinstance(first.op, torch.nn.Linear) else x
+        states_torch = first(x_first).numpy() < 0
+        t_torch = first.op(x_first) - (0 if first.op.bias is None else first.op.bias)
     trace = engine.trace(x.numpy())
     states_engine = trace[0][1]
+    t_torch = t_torch.numpy()
     if states_engine.ndim == 4:
         states_torch = states_torch.transpose(0, 2, 3, 1)
+        t_torch = t_torch.transpose(0, 2, 3, 1)
+    differ = states_engine != states_torch
+    flipped = differ.reshape(len(x), -1).any(1)
+    threshold = np.broadcast_to(engine.layers[0].threshold, t_torch.shape)
     logits = trace[-1][1]
-    flips = int((states_engine != states_torch).sum())
     agree = logits.argmax(1) == logits_torch.argmax(1)
     y = y_test.numpy()
     return {
         "test_images": int(x.shape[0]),
         "first_layer_units": int(states_torch.size),
-        "first_layer_flips": flips,
-        "examples_with_a_flip": int(
-            (states_engine != states_torch).reshape(len(x), -1).any(1).sum()
+        "first_layer_flips": int(differ.sum()),
+        "flipped_units_max_distance_to_threshold": float(
+            np.abs(t_torch - threshold)[differ].max() if differ.any() else 0.0
         ),
+        "first_layer_median_abs_preactivation": float(np.median(np.abs(t_torch))),
+        "examples_with_a_flip": int(flipped.sum()),
         "argmax_disagreements": int((~agree).sum()),
-        "max_abs_logit_diff_when_no_flip": float(
-            np.abs(logits - logits_torch)[
-                ~(states_engine != states_torch).reshape(len(x), -1).any(1)
-            ].max()
-        ),
+        "argmax_disagreements_without_a_flip": int((~agree & ~flipped).sum()),
+        "max_abs_logit_diff_without_a_flip": float(np.abs(logits - logits_torch)[~flipped].max()),
         "accuracy_engine": float((logits.argmax(1) == y).mean()),
         "accuracy_torch": float((logits_torch.argmax(1) == y).mean()),
     }
