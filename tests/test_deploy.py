@@ -80,6 +80,7 @@ def test_packed_weights_take_32x_less_memory(tmp_path):
     hidden = [layer for layer in engine.layers if layer.meta["weight"] == "bits"]
     assert [layer.stored_bytes for layer in hidden] == [128 * 256 // 8, 256 * 256 // 8]
     assert hidden[1].words.nbytes * 32 == 256 * 256 * 4
+    assert engine.weight_bytes() == 128 * 256 // 8 + 256 * 256 // 8 + 10 * 256 * 4  # + float head
 
 
 # --- exactness against the PyTorch mode network --------------------------------------------
