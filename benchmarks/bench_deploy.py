@@ -201,6 +201,7 @@ def fmnist(checkpoint_path: str | None, quick: bool, tmp: Path) -> dict | None:
         overrides = ["train.epochs=1"] if quick else []
         cfg = load_config(ROOT / "configs" / "fmnist_default.toml", overrides)
         run = prepare(cfg)
+        (tmp / "run").mkdir()
         fit(run, tmp / "run", progress=False)
         model = run.model
     model.eval()
