@@ -20,7 +20,7 @@ from sbnkit.errors import UserError
 from sbnkit.network import SBN, Head, Stage
 from sbnkit.train import checkpoint, parse_config
 from sbnkit.train.loop import build_model
-from sbnkit.units import BinaryUnit, Rule, using_rule
+from sbnkit.units import Rule, using_rule
 from sbnkit.weights import make_binary, using_weight_mode
 
 # --- packing and kernels -------------------------------------------------------------------
@@ -378,7 +378,3 @@ def test_cli_summary_and_export(tmp_path, capsys):
         assert "header.npy" in z.namelist()
     header, _ = deploy_format.read(out)
     assert header["semantics"]["sign"].startswith("sign(0) = +1")
-
-
-def test_unit_is_binary_unit_by_default():
-    assert isinstance(models.mlp([2, 3, 2]).stages[0].unit, BinaryUnit)

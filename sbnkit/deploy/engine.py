@@ -67,7 +67,7 @@ def _signed_sum_kernel(x, wbytes, lowbit, out):
     n, groups = wbytes.shape
     table = np.empty((groups, 256), dtype=np.float64)
     for i in range(m):
-        for g in numba.prange(groups):
+        for g in range(groups):  # small: one parallel region (below) per example is enough
             table[g, 0] = 0.0
             for b in range(8):
                 table[g, 0] += x[i, 8 * g + b]
