@@ -20,7 +20,7 @@ from sbnkit.errors import UserError
 from sbnkit.network import SBN, Head, Stage
 from sbnkit.train import checkpoint, parse_config
 from sbnkit.train.loop import build_model
-from sbnkit.units import Rule, using_rule
+from sbnkit.units import BinaryUnit, Rule, using_rule
 from sbnkit.weights import make_binary, using_weight_mode
 
 # --- packing and kernels -------------------------------------------------------------------
@@ -206,6 +206,29 @@ def test_engine_matches_mode_network(name, tmp_path):
             np.testing.assert_array_equal(t_numba, t)
         else:
             np.testing.assert_allclose(t_numba, t, rtol=1e-5, atol=1e-4)
+
+
+def test_sign_of_zero_and_padding_by_hand(tmp_path):
+    """Zero pixels give +1 states (sign(0) = +1); a 3x3 stride-2 conv of all-ones weights with
+    padding 1 on a 5x5 map then counts only its in-map taps: 4 at corners, 6 on edges, 9 inside."""
+    first = nn.Conv2d(1, 1, 1, bias=True)
+    second = nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=True)
+    with torch.no_grad():
+        for op in (first, second):
+            op.weight.fill_(1.0)
+            op.bias.zero_()
+    model = SBN(
+        [Stage(first, BinaryUnit()), Stage(second, BinaryUnit())],
+        Head(nn.Linear(9, 2), "flatten"),
+        (1, 5, 5),
+    )
+    deploy.export(model, tmp_path / "m.npz")
+    engine = deploy.load(tmp_path / "m.npz")
+    counts = np.array([[4, 6, 4], [6, 9, 6], [4, 6, 4]])
+    for value, sign in ((0.0, 1), (-1.0, -1)):
+        trace = engine.trace(np.full((1, 1, 5, 5), value, np.float32))
+        assert (trace[0][1] == (sign < 0)).all()
+        np.testing.assert_array_equal(trace[1][0][0, :, :, 0], sign * counts)
 
 
 def test_integer_thresholds_reproduce_pytorch_at_every_reachable_value(tmp_path):
