@@ -7,6 +7,8 @@
 * ``sbnkit evaluate CHECKPOINT [--mode mode|sample|ensemble] [--samples K]``: test accuracy and
   NLL of a saved run;
 * ``sbnkit gradeval ...``: the gradient-accuracy experiment (:mod:`sbnkit.gradeval`);
+* ``sbnkit summary CHECKPOINT_OR_CONFIG`` / ``sbnkit export CHECKPOINT OUT [--overwrite]``:
+  the layer table and the bit-packed export (:mod:`sbnkit.deploy`).
 * ``sbnkit --version``.
 
 Bad input prints one line ``sbnkit: error: ...`` to stderr, writes nothing and exits with status
@@ -157,7 +159,50 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "gradeval", help="gradient-accuracy experiment (arguments are forwarded)", add_help=False
     )
+    _add_deploy_commands(sub)
     return parser
+
+
+def _add_deploy_commands(sub) -> None:
+    """The ``summary`` and ``export`` subcommands (:mod:`sbnkit.deploy`)."""
+    summ = sub.add_parser(
+        "summary",
+        help="per-layer table: shapes, parameters by precision, memory, MACs",
+        description="Per-layer table of a checkpoint's or a config's model.",
+    )
+    summ.add_argument("model", metavar="CHECKPOINT_OR_CONFIG", help="a model.pt or a TOML config")
+    summ.set_defaults(func=_summary)
+    exp = sub.add_parser(
+        "export",
+        help="write the bit-packed mode network of a checkpoint (.npz)",
+        description="Fold and bit-pack a checkpoint's mode network into a safe .npz file.",
+    )
+    exp.add_argument("checkpoint", help="a model.pt written by `sbnkit train`")
+    exp.add_argument("out", metavar="OUT", help="the .npz file to write")
+    exp.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    exp.set_defaults(func=_export)
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from . import deploy
+
+    print(deploy.summary(deploy.source.load_model(args.model)).table())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from . import deploy
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise UserError(f"folder {out.parent} does not exist; create it or pass another OUT")
+    model = deploy.source.load_model(args.checkpoint, allow_config=False)
+    deploy.export(model, out, overwrite=args.overwrite)
+    size, ckpt = out.stat().st_size, Path(args.checkpoint).stat().st_size
+    print(f"wrote {out}: {size:,} B ({ckpt / size:.1f}x smaller than the checkpoint, {ckpt:,} B)")
+    return 0
 
 
 def _echo(line: str) -> None:
