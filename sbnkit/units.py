@@ -49,7 +49,7 @@ PROXIES = ("noise", "identity", "htanh", "tanh", "approxsign", "swishsign")
 
 def sign(t: torch.Tensor) -> torch.Tensor:
     """``±1`` with ``sign(0) = +1``, in the dtype of ``t``."""
-    return (t >= 0).to(t.dtype) * 2.0 - 1.0
+    return (t >= 0).to(t.dtype).mul_(2.0).sub_(1.0)
 
 
 def proxy_grad(name: str, a: torch.Tensor, noise: noise_lib.Noise, beta: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ Every binary-weight parametrization derives from :class:`LatentWeight` (the othe
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -51,6 +51,26 @@ __all__ = [
     "real_parameters",
     "using_weight_mode",
 ]
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward ``value(latent)`` (computed without autograd); backward the incoming gradient to
+    ``latent`` unchanged. One op instead of ``w.detach() + (latent - latent.detach())``."""
+
+    @staticmethod
+    def forward(ctx, latent: torch.Tensor, value: Callable[[torch.Tensor], torch.Tensor]):
+        return value(latent)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def straight_through(
+    latent: torch.Tensor, value: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``value(latent)`` in the forward pass, the identity in the backward pass."""
+    return _StraightThrough.apply(latent, value)
 
 
 class LatentWeight(nn.Module):
@@ -95,12 +115,10 @@ class BernoulliWeight(LatentWeight):
 
     def forward(self, eta: torch.Tensor) -> torch.Tensor:
         if self.mode == "sample":
-            w = self.noise.sample_sign(eta.detach())
-        elif self.mode == "mode":
-            w = sign(eta)
-        else:
-            w = self.noise.mean_fn(eta)
-        return w.detach() + (eta - eta.detach())  # value exactly w, gradient to η unchanged
+            return straight_through(eta, self.noise.sample_sign)
+        if self.mode == "mode":
+            return straight_through(eta, sign)
+        return straight_through(eta, self.noise.mean_fn)
 
     def right_inverse(self, w0: torch.Tensor) -> torch.Tensor:
         std = w0.detach().std() if w0.numel() > 1 else w0.detach().abs()

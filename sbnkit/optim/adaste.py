@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from ..units import sign
-from ..weights import LatentWeight, check_weight_mode
+from ..weights import LatentWeight, check_weight_mode, straight_through
 from . import _checks
 from .functional import ADASTE_RULES, adaste_factor, adaste_forward
 
@@ -77,8 +77,7 @@ class AdaSTEWeight(LatentWeight):
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if self.training and self.mode != "mode":
             return _AdaSTEFunction.apply(theta, self.alpha, float(self.beta), self.rule)
-        w = sign(theta.detach())
-        return w + (theta - theta.detach())
+        return straight_through(theta, sign)
 
     def right_inverse(self, w0: torch.Tensor) -> torch.Tensor:
         return self.init * sign(w0.detach())

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from ..units import sign
-from ..weights import LatentWeight, check_weight_mode
+from ..weights import LatentWeight, check_weight_mode, straight_through
 from . import _checks
 
 __all__ = ["Bop", "SignWeight"]
@@ -30,7 +30,7 @@ class SignWeight(LatentWeight):
         self.mode = check_weight_mode(mode)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return sign(w.detach()) + (w - w.detach())
+        return straight_through(w, sign)
 
     def right_inverse(self, w0: torch.Tensor) -> torch.Tensor:
         return sign(w0.detach())
