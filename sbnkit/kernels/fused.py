@@ -24,15 +24,14 @@ Precision. Exponents are clamped so every quantity is a normal float: ``|a| ≤ 
 in float32 when ``max|a| ≤ 60`` (then no clamp changes a result beyond rounding) and in float64
 otherwise; float64 inputs always in float64, where the result is exact to rounding whenever
 ``max|a| ≤ 660`` or ``max 2|W| ≤ 620`` and finite for any finite input. Non-CPU tensors use the
-reference kernel. The two numba signatures (float32, float64) compile on first use (a few
+reference kernel. numba is imported on first use (:mod:`._fused_jit`, so ``import sbnkit`` does
+not load it); the two signatures (float32, float64) compile then (a few
 seconds each, cached on disk by ``cache=True``). The kernel runs ``torch.get_num_threads()``
 threads and leaves torch's thread count as it found it.
 """
 
 from __future__ import annotations
 
-import numba
-import numpy as np
 import torch
 
 from .reference import (
@@ -45,55 +44,6 @@ from .reference import (
 CLAMP_A = {torch.float32: 60.0, torch.float64: 660.0}
 CLAMP_D = {torch.float32: 77.0, torch.float64: 700.0}
 TILE = 16
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def _flip_kernel(q, sa, m, rw, x, g, h, w, ho, wo, k, s, p, tile, one):
-    """Accumulate the flip differences into ``g`` (see the module docstring).
-
-    ``q, sa: [B·Ho·Wo, C_out]``; ``m, rw: [K, K, C_out, C_in]``; ``x, g: [B·H·W, C_in]``.
-    """
-    npix = x.shape[0]
-    c_out = q.shape[1]
-    c_in = x.shape[1]
-    ntiles = (npix + tile - 1) // tile
-    for t in numba.prange(ntiles):
-        p0 = t * tile
-        p1 = min(p0 + tile, npix)
-        idx = np.empty(tile, np.int64)
-        for kh in range(k):
-            for kw in range(k):
-                for i in range(p0, p1):
-                    b = i // (h * w)
-                    hh = (i // w) % h
-                    ww = i % w
-                    th = hh + p - kh
-                    tw = ww + p - kw
-                    oh = th // s
-                    ow = tw // s
-                    valid = th >= 0 and tw >= 0 and oh * s == th and ow * s == tw
-                    if valid and oh < ho and ow < wo:
-                        idx[i - p0] = (b * ho + oh) * wo + ow
-                    else:
-                        idx[i - p0] = -1
-                for c in range(c_out):
-                    mrow = m[kh, kw, c]
-                    rrow = rw[kh, kw, c]
-                    for i in range(p0, p1):
-                        o = idx[i - p0]
-                        if o < 0:
-                            continue
-                        qq = q[o, c]
-                        if qq == 0:
-                            continue
-                        sgn_a = sa[o, c]
-                        aa = abs(sgn_a)
-                        xrow = x[i]
-                        grow = g[i]
-                        for r in range(c_in):
-                            tv = mrow[r] * xrow[r]
-                            den = rrow[r] + aa if tv * sgn_a < 0 else one + aa * rrow[r]
-                            grow[r] += qq * tv / den
 
 
 def _compute_dtype(a: torch.Tensor) -> torch.dtype:
@@ -112,6 +62,8 @@ def _run(
     geometry: tuple[int, int, int, int, int, int, int],
 ) -> torch.Tensor:
     """Channels-last ``G, a: [P_out, C_out]``, ``W: [K, K, C_out, C_in]``, ``x: [P_in, C_in]``."""
+    from . import _fused_jit as jit
+
     cd = _compute_dtype(a)
     a = a.to(cd)
     abs_a = a.abs()
@@ -126,13 +78,13 @@ def _run(
     g = torch.zeros_like(xc)
     h, wd, ho, wo, k, s, p = geometry
     torch_threads = torch.get_num_threads()
-    threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
+    threads = max(1, min(torch_threads, jit.numba.config.NUMBA_NUM_THREADS))
+    jit.numba.set_num_threads(threads)
     tile = max(1, min(TILE, xc.shape[0] // (4 * threads)))
-    one = np.float32(1.0) if cd == torch.float32 else np.float64(1.0)
+    one = jit.np.float32(1.0) if cd == torch.float32 else jit.np.float64(1.0)
     arrays = (q, sa, m, rw, xc, g)
     try:
-        _flip_kernel(*(t.numpy() for t in arrays), h, wd, ho, wo, k, s, p, tile, one)
+        jit.flip_kernel(*(t.numpy() for t in arrays), h, wd, ho, wo, k, s, p, tile, one)
     finally:
         # numba's OpenMP layer shares the OpenMP runtime with torch and resets its thread count
         if torch.get_num_threads() != torch_threads:
