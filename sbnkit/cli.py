@@ -35,7 +35,7 @@ from . import __version__, compare, lrsearch
 from . import data as data_lib
 from .devices import resolve_device
 from .distributed import leave
-from .errors import Stopped, StopSignal, UserError
+from .errors import ArgumentParser, Stopped, StopSignal, UserError
 from .inference import EVAL_MODES
 from .lrsearch import LR_KEYS, check_search, lr_search, with_lr
 from .provenance import provenance
@@ -57,15 +57,10 @@ from .train.metrics import evaluate, log_summary
 STATE_FILE = "checkpoint.pt"
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one-line :class:`UserError` s."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message}; see `{self.prog} --help`")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sbnkit", description="Stochastic binary networks: train and evaluate.")
+    parser = ArgumentParser(
+        prog="sbnkit", description="Stochastic binary networks: train and evaluate."
+    )
     parser.add_argument("--version", action="version", version=f"sbnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser(

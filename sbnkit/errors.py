@@ -1,5 +1,8 @@
 """The exceptions the CLI maps to exit codes: :class:`UserError` (bad input, one line, exit 2) and
-:class:`Stopped` (a signal asked a run to stop, exit 128 + signal)."""
+:class:`Stopped` (a signal asked a run to stop, exit 128 + signal); the argument parser whose
+errors are :class:`UserError` s."""
+
+import argparse
 
 
 class UserError(ValueError):
@@ -29,3 +32,10 @@ class StopSignal:
 
     def __bool__(self) -> bool:
         return self.signum != 0
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are one-line :class:`UserError` s naming ``--help``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{message}; see `{self.prog} --help`")

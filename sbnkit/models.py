@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .network import SBN, ChannelAffine, Head, Stage
+from .network import SBN, ChannelAffine, Head, Stage, along
 from .units import BinaryUnit
 from .weights import BernoulliWeight, LatentWeight, make_binary
 
@@ -190,8 +190,7 @@ def data_init_(model: SBN, x: torch.Tensor) -> None:
             t = op(x)
             dims = [d for d in range(t.dim()) if d != 1]
             m, s = t.mean(dim=dims), t.std(dim=dims).clamp_min(1e-6)
-            shape = (-1,) + (1,) * (op.weight.dim() - 1)
-            op.weight.div_(s.view(shape))
+            op.weight.div_(along(s, 0, op.weight.dim()))
             op.bias.sub_(m).div_(s)
         x = stage.unit.noise.mean_fn(stage.preactivation(x))
 

@@ -19,6 +19,12 @@ from .errors import UserError
 from .units import BinaryUnit
 
 
+def along(v: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    """The vector ``v`` shaped to broadcast along ``axis`` of an ``ndim``-dimensional tensor
+    (``axis=1``: the channels of ``[B, C, ...]``; ``axis=0``: the output rows of a weight)."""
+    return v.view([-1 if d == axis else 1 for d in range(ndim)])
+
+
 def check_batch_tensor(model: nn.Module, x: torch.Tensor) -> None:
     """Raise :class:`UserError` unless ``x`` is a non-empty, finite floating-point batch on the
     device and of the dtype of ``model``'s parameters that its BatchNorm layers (in training
@@ -61,8 +67,7 @@ class ChannelAffine(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (t.dim() - 2)
-        return t * self.weight.view(shape) + self.bias.view(shape)
+        return t * along(self.weight, 1, t.dim()) + along(self.bias, 1, t.dim())
 
 
 class Stage(nn.Module):
@@ -138,6 +143,11 @@ class SBN(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.head = head
         self.input_shape = tuple(int(s) for s in input_shape)
+
+    @property
+    def ops(self) -> list[nn.Module]:
+        """The weighted layers in order: each :class:`Stage`'s op, then the head's Linear."""
+        return [s.op for s in self.stages if isinstance(s, Stage)] + [self.head.linear]
 
     @property
     def num_outputs(self) -> int:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..network import Head, Stage
+from ..network import Head, Stage, along
 from ..noise import Logistic, Noise, Normal, Triangular, Uniform
 from .base import Estimator, LossFn, mean_loss
 from .walk import op_with_weight, path_modules, sampled_bernoulli
@@ -109,7 +109,7 @@ class MomentPropagation(Estimator):
             if mod.norm is not None:
                 gain = mod.norm_gain(mu)
                 mu = mod.norm(mu)
-                var = var * (gain * gain).view(1, -1, *([1] * (var.dim() - 2)))
+                var = var * along(gain * gain, 1, var.dim())
             noise = mod.unit.noise
             if self.sample_units:
                 p = noise.cdf(mu + self._std(var) * torch.randn_like(mu))

@@ -47,13 +47,20 @@ def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Los
         raise UserError("targets contain NaN or Inf")
 
 
+def per_example(losses: torch.Tensor, batch: int) -> torch.Tensor:
+    """``losses`` if it holds one loss per example (shape ``[batch]``), else a
+    :class:`UserError` naming the shape ``loss_fn`` returned."""
+    if losses.shape != (batch,):
+        raise UserError(f"loss_fn returned shape {list(losses.shape)}; return one loss per example")
+    return losses
+
+
 def mean_loss(losses: torch.Tensor, batch: int) -> torch.Tensor:
-    """Mean of per-example losses; a scalar loss is returned as it is."""
+    """Mean of per-example losses (see :func:`per_example`); a scalar loss is returned as it
+    is."""
     if losses.dim() == 0:
         return losses
-    if losses.shape[0] != batch:
-        raise UserError(f"loss_fn returned shape {list(losses.shape)}; return one loss per example")
-    return losses.mean()
+    return per_example(losses, batch).mean()
 
 
 class Estimator:

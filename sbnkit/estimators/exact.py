@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import UserError
 from ..network import SBN, Stage
 from ..noise import Noise
-from .base import Estimator, LossFn
+from .base import Estimator, LossFn, per_example
 from .walk import path_modules, sampled_bernoulli
 
 
@@ -140,7 +140,7 @@ class Exact(Estimator):
     ) -> torch.Tensor:
         sbn, mods = path_modules(model, self.name)
         refuse_batchnorm_training(mods, self.name)
-        ops = [m.op for m in mods if isinstance(m, Stage)] + [sbn.head.linear]
+        ops = sbn.ops
         configs = _WeightConfigs(ops, x)
         counts = _unit_counts(mods, x)
         need = configs.count * max(
@@ -209,8 +209,7 @@ def _expected_losses(
     nw, count = max(prob.shape[1], logits.shape[1]), prob.shape[2]
     logits = logits.expand(b, nw, count, logits.shape[-1])
     losses = loss_fn(logits.reshape(b * nw * count, -1), y.repeat_interleave(nw * count, dim=0))
-    if losses.shape != (b * nw * count,):
-        raise UserError(f"loss_fn returned shape {list(losses.shape)}; return one loss per example")
+    per_example(losses, b * nw * count)
     expected = (prob * losses.view(b, nw, count)).sum(2)  # [b, N_w]
     if log_pw is not None:
         expected = expected * torch.exp(log_pw)

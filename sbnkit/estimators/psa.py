@@ -57,9 +57,9 @@ from torch.nn.utils import parametrize
 
 from .. import kernels
 from ..errors import UserError
-from ..network import SBN, Stage
+from ..network import SBN, Stage, along
 from ..noise import Logistic
-from .base import Estimator, LossFn
+from .base import Estimator, LossFn, per_example
 from .walk import op_with_weight, path_modules, sampled_bernoulli
 
 
@@ -98,11 +98,6 @@ def _check(sbn: SBN, mods: list[nn.Module]) -> None:
         sampled_bernoulli(m.op)
 
 
-def _channel(v: torch.Tensor, dim: int) -> torch.Tensor:
-    """A per-channel vector shaped to broadcast over ``[B, C, ...]`` with ``dim`` dims."""
-    return v.view(1, -1, *([1] * (dim - 2)))
-
-
 class _FlipSpec:
     """What the flip backward of one stage needs besides the tensors."""
 
@@ -132,7 +127,7 @@ class _Flip(torch.autograd.Function):
         at, w, c, x, x_out = ctx.saved_tensors
         spec = ctx.spec
         big_g = -x_out * grad
-        wt = w * c.view(-1, *([1] * (w.dim() - 1)))
+        wt = w * along(c, 0, w.dim())
         g_in = g_w = None
         if ctx.needs_input_grad[0]:
             if spec.conv is None:
@@ -161,7 +156,7 @@ def _weight_flip_states(
     ``= ½ Σ_b G(D^+ + D^-)_bj [x_bi exists] + ½ w_ji Σ_b G(D^+ - D^-)_bj x_bi`` with
     ``D^± = σ(ã ∓ 2c) - σ(ã)`` (conv: summed over output positions, as a weight gradient).
     """
-    cc = _channel(c, at.dim())
+    cc = along(c, 1, at.dim())
     base = torch.sigmoid(at)
     d_plus = torch.sigmoid(at - 2.0 * cc) - base
     d_minus = torch.sigmoid(at + 2.0 * cc) - base
@@ -288,9 +283,7 @@ class PSA(Estimator):
         xs, qs, keep = h.flatten(1), q.flatten(1), keep.flatten(1)
         batch, n = xs.shape
         eta = head(h)
-        f0 = loss_fn(eta, y)
-        if f0.shape != (batch,):
-            raise UserError(f"loss_fn returned shape {list(f0.shape)}; return one loss per example")
+        f0 = per_example(loss_fn(eta, y), batch)
         pi = (1.0 - keep) / n + qs
         step = max(1, self.chunk // max(1, batch * eta.shape[1]))
         flipped = eta.new_zeros(batch)

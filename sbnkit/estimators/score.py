@@ -10,14 +10,8 @@ from torch.nn.utils import parametrize
 from ..errors import UserError
 from ..network import SBN, Head, Stage
 from ..noise import Logistic
-from .base import Estimator, LossFn
+from .base import Estimator, LossFn, per_example
 from .walk import op_with_weight, path_modules, sampled_bernoulli
-
-
-def _check_losses(losses: torch.Tensor, batch: int) -> torch.Tensor:
-    if losses.shape != (batch,):
-        raise UserError(f"loss_fn returned shape {list(losses.shape)}; return one loss per example")
-    return losses
 
 
 def _detached_op(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +43,7 @@ def _sampled_losses(
     """Per-example losses of one sampled pass of ``mods`` and ``head`` from ``h``."""
     for m in mods:
         h = m.unit.sample(m.preactivation(h)) if isinstance(m, Stage) else m(h)
-    return _check_losses(loss_fn(head(h), y), h.shape[0])
+    return per_example(loss_fn(head(h), y), h.shape[0])
 
 
 class Reinforce(Estimator):
@@ -86,8 +80,8 @@ class Reinforce(Estimator):
                 a = t if m.norm is None else m.norm(t)
                 h = m.unit.sample(a.detach())
                 log_p = log_p + m.unit.noise.log_cdf(h * a).flatten(1).sum(1)
-            losses = _check_losses(loss_fn(_head_logits(sbn.head, h), y), x.shape[0])
-            ops = [m.op for m in mods if isinstance(m, Stage)] + [sbn.head.linear]
+            losses = per_example(loss_fn(_head_logits(sbn.head, h), y), x.shape[0])
+            ops = sbn.ops
             log_pw = _weight_log_prob(ops, x)
         base = self._mean if self.baseline and self._mean is not None else 0.0
         centred = losses.detach() - base
@@ -139,7 +133,7 @@ class ARM(Estimator):
                 f2 = _sampled_losses(rest, sbn.head, b2, y, loss_fn)
                 terms = terms + (f1 - f2) * (at * (u - 0.5)).flatten(1).sum(1)
                 h = b1
-            losses = _check_losses(loss_fn(sbn.head(h), y), x.shape[0])
+            losses = per_example(loss_fn(sbn.head(h), y), x.shape[0])
         return losses.mean() + (terms - terms.detach()).mean()
 
 
@@ -149,7 +143,7 @@ def _check_arm(sbn: SBN, mods: list[nn.Module]) -> None:
             raise UserError(
                 f"arm needs logistic unit noise, got {m.unit.noise!r}; use 'reinforce' instead"
             )
-    ops = [m.op for m in mods if isinstance(m, Stage)] + [sbn.head.linear]
+    ops = sbn.ops
     if any(sampled_bernoulli(op) is not None for op in ops):
         raise UserError(
             "arm does not handle sampled Bernoulli weights; use 'reinforce', 'psa' or 'exact'"

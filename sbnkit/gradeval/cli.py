@@ -7,15 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import ArgumentParser, UserError
 from .study import METHODS, PARAMS, PSA_ORDER_PREFIX, ExactLossMismatch, run, summary_table
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser that raises :class:`UserError` instead of exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see 'sbnkit gradeval --help')")
 
 
 def _int_list(text: str) -> list[int]:
@@ -31,7 +24,7 @@ def _int_list(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sbnkit gradeval`` argument parser."""
-    p = _Parser(
+    p = ArgumentParser(
         prog="sbnkit gradeval",
         description="Accuracy of SBN gradient estimators against the exact gradient "
         "(relative RMSE and cosine vs the number of averaged samples; Shekhovtsov, Yanush & "

@@ -109,11 +109,10 @@ def resolve_method(name: str) -> tuple[str, dict[str, object]]:
 
 def layers(model: SBN) -> list[nn.Linear]:
     """The parameter groups: each binary stage's Linear, then the head's Linear."""
-    ops = [s.op for s in model.stages]
     ok = all(isinstance(s, Stage) and s.norm is None for s in model.stages)
-    if not ok or not all(type(op) is nn.Linear and op.bias is not None for op in ops):
+    if not ok or not all(type(op) is nn.Linear and op.bias is not None for op in model.ops[:-1]):
         raise UserError("gradeval needs a plain SBN MLP (sbnkit.models.mlp without norm)")
-    return [*ops, model.head.linear]
+    return model.ops
 
 
 def flat_grads(model: SBN) -> list[torch.Tensor]:
