@@ -4,8 +4,8 @@
   run folder ``DIR`` (default ``runs/<config stem>``; see :mod:`sbnkit.runfolder`): ``run.json``
   (state and provenance), ``config.toml`` and ``log.jsonl`` while it runs, then ``model.pt`` and
   ``metrics.json``. An interrupted run keeps its finished epochs' log;
-* ``sbnkit evaluate CHECKPOINT [--mode mode|sample|ensemble] [--samples K]``: test accuracy and
-  NLL of a saved run;
+* ``sbnkit evaluate CHECKPOINT [--mode mode|sample|ensemble] [--samples K]
+  [--sample auto|units|weights|both]``: test accuracy and NLL of a saved run;
 * ``sbnkit gradeval ...``: the gradient-accuracy experiment (:mod:`sbnkit.gradeval`);
 * ``sbnkit --version``.
 
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from . import __version__
 from . import data as data_lib
 from .errors import UserError
-from .inference import EVAL_MODES
+from .inference import EVAL_MODES, SAMPLE_CHOICES, resolve_sample
 from .provenance import provenance
 from .runfolder import RunFolder, check_folder
 from .train import build_model, checkpoint, config_from_dict, fit, load_config, prepare
@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="ensemble size (default: eval.samples of the run's config)",
+    )
+    ev.add_argument(
+        "--sample",
+        choices=SAMPLE_CHOICES,
+        help="what a sample draws: units, weights or both; auto = what training drew "
+        "(default: eval.sample of the run's config)",
     )
     ev.set_defaults(func=_evaluate)
     sub.add_parser(
@@ -146,8 +152,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     d = cfg.data
     x, y = data_lib.load(d.name, "test", d.root or None, d.standardize)
     samples = args.samples or cfg.eval.samples
-    result = evaluate(model, x, y, args.mode, samples, cfg.eval.batch_size)
-    label = {"mode": "mode network", "sample": "one sample"}.get(args.mode, f"ensemble K={samples}")
+    sample = args.sample or cfg.eval.sample
+    result = evaluate(model, x, y, args.mode, samples, cfg.eval.batch_size, sample)
+    drawn = f", sampling {resolve_sample(model, sample)}"
+    label = {"mode": "mode network", "sample": f"one sample{drawn}"}.get(
+        args.mode, f"ensemble K={samples}{drawn}"
+    )
     print(f"test accuracy ({label}): {result['acc']:.4f}  NLL {result['nll']:.4f}")
     return 0
 

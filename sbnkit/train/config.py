@@ -18,7 +18,9 @@ Sections and keys (defaults in parentheses)::
                       grad_clip (0 = off, else clamp each gradient entry); threads (2)
     [data]            name (fashion_mnist); val_fraction (0); augment (none) | flip | crop |
                       flipcrop; crop_padding (4); standardize (true); root ("" = default lookup)
-    [eval]            samples (16, ensemble size K); batch_size (2000)
+    [eval]            samples (16, ensemble size K); batch_size (2000); sample (auto) | units |
+                      weights | both: what the sample/ensemble evaluations draw, "auto" = what
+                      training drew (see sbnkit.inference)
 
 Unknown keys, wrong types and bad values raise :class:`~sbnkit.errors.UserError` naming the key.
 """
@@ -37,6 +39,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from .. import data as data_lib
 from .. import estimators
 from ..errors import UserError
+from ..inference import SAMPLE_CHOICES
 from ..models import MODELS
 from ..noise import NOISES
 from ..weights import WEIGHT_MODES
@@ -131,6 +134,7 @@ class EvalConfig:
 
     samples: int = 16
     batch_size: int = 2000
+    sample: str = "auto"
 
 
 @dataclass
@@ -273,6 +277,7 @@ def check(cfg: Config) -> Config:
             'batch or model.norm = "affine"'
         )
     _choice("train.lr_schedule", t.lr_schedule, SCHEDULES)
+    _choice("eval.sample", e.sample, SAMPLE_CHOICES)
     _positive("train.lr_gamma", t.lr_gamma)
     _positive("train.grad_clip", t.grad_clip, allow_zero=True)
     _choice("data.name", d.name, data_lib.names())
