@@ -2,8 +2,8 @@
 
 * ``sbnkit train CONFIG.toml [key=value ...] [--out DIR] [--overwrite]``: train a model into the
   run folder ``DIR`` (default ``runs/<config stem>``; see :mod:`sbnkit.runfolder`): ``run.json``
-  (state and provenance), ``config.toml`` and ``log.jsonl`` while it runs, then ``model.pt`` and
-  ``metrics.json``. An interrupted run keeps its finished epochs' log;
+  (state and provenance), ``config.toml``, ``log.jsonl`` and ``log.csv`` while it runs, then
+  ``model.pt`` and ``metrics.json``. An interrupted run keeps its finished epochs' log;
 * ``sbnkit evaluate CHECKPOINT [--mode mode|sample|ensemble] [--samples K]
   [--sample auto|units|weights|both]``: test accuracy and NLL of a saved run;
 * ``sbnkit gradeval ...``: the gradient-accuracy experiment (:mod:`sbnkit.gradeval`);
@@ -113,8 +113,9 @@ def _train(args: argparse.Namespace) -> int:
 
         def log_epoch(entry: dict) -> None:
             n = entry["epoch"]
-            done = f"{n} finished epoch{'s' * (n > 1)} in log.jsonl"
-            rf.append_line("log.jsonl", json.dumps(entry), progress=done)
+            done = f"{n} finished epoch{'s' * (n > 1)} in log.jsonl and log.csv"
+            rf.append_line("log.jsonl", json.dumps(entry))
+            rf.append_row("log.csv", entry, progress=done)
 
         metrics = fit(run, on_epoch=log_epoch, echo=_echo)
         with rf.target("model.pt") as tmp:
