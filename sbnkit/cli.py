@@ -6,6 +6,8 @@
   ``model.pt`` and ``metrics.json``. An interrupted run keeps its finished epochs' log;
 * ``sbnkit evaluate CHECKPOINT [--mode mode|sample|ensemble] [--samples K]
   [--sample auto|units|weights|both]``: test accuracy and NLL of a saved run;
+* ``sbnkit plot DIR... [--out DIR] [--overwrite]``: learning curves and the
+  accuracy-vs-ensemble-size curve of training runs as PNGs (:mod:`sbnkit.plots`);
 * ``sbnkit gradeval ...``: the gradient-accuracy experiment (:mod:`sbnkit.gradeval`);
 * ``sbnkit --version``.
 
@@ -30,6 +32,7 @@ from . import __version__
 from . import data as data_lib
 from .errors import UserError
 from .inference import EVAL_MODES, SAMPLE_CHOICES, resolve_sample
+from .plots import plot_runs
 from .provenance import provenance
 from .runfolder import RunFolder, check_folder
 from .train import build_model, checkpoint, config_from_dict, fit, load_config, prepare
@@ -92,6 +95,20 @@ def _parser() -> argparse.ArgumentParser:
         "(default: eval.sample of the run's config)",
     )
     ev.set_defaults(func=_evaluate)
+    plot = sub.add_parser(
+        "plot",
+        help="draw learning curves and the ensemble-size curve of training runs",
+        description="Draw learning curves (loss, accuracy, lr) of training runs, overlaid, and "
+        "their accuracy-vs-ensemble-size curve into PNGs.",
+    )
+    plot.add_argument("dirs", nargs="+", metavar="DIR", help="run folders of `sbnkit train`")
+    plot.add_argument(
+        "--out", metavar="DIR", help="folder for the PNGs (default DIR/plots for one run)"
+    )
+    plot.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier plot in the --out folder"
+    )
+    plot.set_defaults(func=_plot)
     sub.add_parser(
         "gradeval", help="gradient-accuracy experiment (arguments are forwarded)", add_help=False
     )
@@ -160,6 +177,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.mode, f"ensemble K={samples}{drawn}"
     )
     print(f"test accuracy ({label}): {result['acc']:.4f}  NLL {result['nll']:.4f}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    for path in plot_runs(args.dirs, args.out, overwrite=args.overwrite, argv=args.argv):
+        print(path)
     return 0
 
 
