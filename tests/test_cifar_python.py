@@ -7,6 +7,8 @@ import io
 import os
 import pickle
 import struct
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,5 +212,57 @@ def test_cifar100_python_and_the_missing_data_message(tmp_path, no_defaults):
     assert x.shape == (3, 3, 32, 32) and y.tolist() == [10, 20, 99]
     (folder / "test").write_bytes(pickle.dumps(_Evil(tmp_path / "ran"), protocol=2))
     with pytest.raises(UserError, match="not a CIFAR python batch"):
+        data_lib.load("cifar100", "test")
+    assert not (tmp_path / "ran").exists()
+
+
+def _archive(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def _batch_bytes(folder: Path, n: int, seed: int) -> bytes:
+    write_cifar_python(folder / "batch", _images(n, seed), np.arange(n) % 10)
+    return (folder / "batch").read_bytes()
+
+
+def test_the_downloaded_archive_is_read_without_unpacking(tmp_path, monkeypatch, no_defaults):
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    batches = {
+        f"cifar-10-batches-py/{n}": _batch_bytes(tmp_path, 2, seed=i) for i, n in enumerate(names)
+    }
+    env = tmp_path / "env"
+    env.mkdir()
+    archive = _archive(
+        env / "cifar-10-python.tar.gz", {"cifar-10-batches-py/readme.html": b"", **batches}
+    )
+    monkeypatch.setenv("SBNKIT_DATA", str(env))
+    assert data_lib.find_files("cifar10") == [archive]
+    x, y = data_lib.load("cifar10", "train", standardize=False)
+    assert x.shape == (10, 3, 32, 32) and y.tolist() == [0, 1] * 5
+    assert torch.equal(x[2], torch.from_numpy(_images(2, seed=1)[0]).float() / 255)  # in order
+    assert data_lib.load("cifar10", "test")[0].shape == (2, 3, 32, 32)
+    assert sorted(p.name for p in env.iterdir()) == ["cifar-10-python.tar.gz"]  # not unpacked
+    _python_cifar10(env / "cifar-10-batches-py", n=1)  # unpacked beats the archive
+    assert data_lib.load("cifar10", "test")[0].shape == (1, 3, 32, 32)
+
+
+def test_damaged_archives(tmp_path, monkeypatch, no_defaults):
+    monkeypatch.setenv("SBNKIT_DATA", str(tmp_path))
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    archive.write_bytes(os.urandom(100))
+    with pytest.raises(UserError, match="cannot read the archive .* it is damaged") as info:
+        data_lib.load("cifar100", "test")
+    assert "\n" not in str(info.value)
+    _archive(archive, {"cifar-100-python/train": b""})
+    with pytest.raises(UserError, match="lacks cifar-100-python/test"):
+        data_lib.load("cifar100", "test")
+    evil = pickle.dumps(_Evil(tmp_path / "ran"), protocol=2)
+    _archive(archive, {"cifar-100-python/test": evil})
+    with pytest.raises(UserError, match=r"cifar-100-python.tar.gz:cifar-100-python/test is not a"):
         data_lib.load("cifar100", "test")
     assert not (tmp_path / "ran").exists()

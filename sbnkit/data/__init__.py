@@ -17,7 +17,9 @@ Where the files are looked for, in order (the first folder that holds all files 
 CIFAR comes in two distributions: in each place above the binary one is looked for first
 (``cifar-10-batches-bin``, ``cifar-100-binary``), then the python one (``cifar-10-batches-py``:
 ``data_batch_1`` … ``data_batch_5``, ``test_batch``; ``cifar-100-python``: ``train``, ``test``),
-read by a restricted unpickler (:mod:`.cifar_python`).
+read by a restricted unpickler (:mod:`.cifar_python`), and last the python distribution's archive
+itself, ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``, directly in that place (read in
+memory, never extracted).
 IDX names are those of the original distribution (``train-images-idx3-ubyte[.gz]``,
 ``train-labels-idx1-ubyte[.gz]``, ``t10k-...``). MNIST and Fashion-MNIST share these names, so only
 Fashion-MNIST, the default, may sit directly in ``$SBNKIT_DATA``.
@@ -39,7 +41,7 @@ import torch
 from ..errors import UserError
 from .augment import AUGMENTS, augmenter
 from .cifar import read_cifar_bin
-from .cifar_python import read_cifar_python
+from .cifar_python import read_cifar_python, read_cifar_python_archive
 from .idx import read_idx
 from .toy import make_toy
 
@@ -63,11 +65,15 @@ class Dataset:
     hint: str = ""
     python_folder: str = ""
     python_files: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    python_archive: str = ""
 
     def layouts(self) -> list[tuple[str, dict[str, tuple[str, ...]]]]:
-        """``(folder, files)`` of each distribution, in lookup order (binary, then python)."""
-        extra = [(self.python_folder, self.python_files)] if self.python_folder else []
-        return [(self.folder, self.files), *extra]
+        """``(folder, files)`` of each distribution, in lookup order: binary, python, then the
+        python archive (folder ``""``: the archive lies in the place itself)."""
+        if not self.python_folder:
+            return [(self.folder, self.files)]
+        archive = {split: (self.python_archive,) for split in SPLITS}
+        return [(self.folder, self.files), (self.python_folder, self.python_files), ("", archive)]
 
 
 def _idx_files(prefix: str) -> tuple[str, str]:
@@ -116,9 +122,10 @@ DATASETS: dict[str, Dataset] = {
                 "test": ("test_batch.bin",),
             },
             flat_ok=True,
-            hint="unpack the CIFAR-10 python or binary version (cifar-10-python.tar.gz or "
-            "cifar-10-binary.tar.gz) into $SBNKIT_DATA",
+            hint="put cifar-10-python.tar.gz (as downloaded, or unpacked) or the unpacked "
+            "cifar-10-binary.tar.gz into $SBNKIT_DATA",
             python_folder="cifar-10-batches-py",
+            python_archive="cifar-10-python.tar.gz",
             python_files={
                 "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
                 "test": ("test_batch",),
@@ -133,9 +140,10 @@ DATASETS: dict[str, Dataset] = {
             (0.2673, 0.2564, 0.2762),
             "cifar-100-binary",
             {"train": ("train.bin",), "test": ("test.bin",)},
-            hint="unpack the CIFAR-100 python or binary version (cifar-100-python.tar.gz or "
-            "cifar-100-binary.tar.gz) into $SBNKIT_DATA",
+            hint="put cifar-100-python.tar.gz (as downloaded, or unpacked) or the unpacked "
+            "cifar-100-binary.tar.gz into $SBNKIT_DATA",
             python_folder="cifar-100-python",
+            python_archive="cifar-100-python.tar.gz",
             python_files={"train": ("train",), "test": ("test",)},
         ),
         Dataset("toy2d", "the 2-D toy set", (2,), 2),
@@ -253,12 +261,16 @@ def load(
     paths, layout = _find(ds, split, root)
     try:
         if ds.folder.startswith("cifar"):
-            parts = [
-                read_cifar_python(p, ds.num_classes)
-                if layout == 1
-                else read_cifar_bin(p, 1 if ds.num_classes == 10 else 2, ds.num_classes)
-                for p in paths
-            ]
+            if layout == 2:
+                members = [f"{ds.python_folder}/{f}" for f in ds.python_files[split]]
+                parts = [read_cifar_python_archive(paths[0], members, ds.num_classes)]
+            else:
+                parts = [
+                    read_cifar_python(p, ds.num_classes)
+                    if layout == 1
+                    else read_cifar_bin(p, 1 if ds.num_classes == 10 else 2, ds.num_classes)
+                    for p in paths
+                ]
             images = np.concatenate([p[0] for p in parts])
             labels = np.concatenate([p[1] for p in parts])
         else:

@@ -14,6 +14,9 @@ numpy ≥ 2), ``numpy.ndarray``, ``numpy.dtype`` and, for files re-written by Py
 protocol 2, ``_codecs.encode`` limited to latin-1 (how such files store bytes). Any other global
 — or a damaged, truncated or different file — is a :class:`~sbnkit.errors.UserError`
 ``not a CIFAR python batch``, raised before anything the file names is called.
+
+The downloaded archive itself (``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``) is read
+too, member by member in memory (:func:`read_cifar_python_archive`; nothing is extracted).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import io
 import os
 import pickle
 import struct
+import tarfile
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,7 +36,7 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["read_cifar_python", "write_cifar_python"]
+__all__ = ["read_cifar_python", "read_cifar_python_archive", "write_cifar_python"]
 
 IMAGE_BYTES = 3 * 32 * 32
 
@@ -138,6 +144,38 @@ def read_cifar_python(
             f"[{int(y.min())}, {int(y.max())}]; re-download it"
         )
     return images.reshape(-1, 3, 32, 32), y
+
+
+def read_cifar_python_archive(
+    archive: str | os.PathLike, members: Sequence[str], num_classes: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """The batches ``members`` (e.g. ``cifar-10-batches-py/data_batch_1``) of a gzipped tar
+    archive, read in memory and concatenated in the order given, as :func:`read_cifar_python`.
+
+    Raises :class:`UserError` when the archive is damaged or lacks a member, or a member is not a
+    well-formed batch; :class:`OSError` when it cannot be read.
+    """
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for info in tar:
+                if info.name in members and info.isfile():
+                    f = tar.extractfile(info)
+                    if f is not None:
+                        found[info.name] = f.read()
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise UserError(
+            f"cannot read the archive {archive} ({' '.join(str(exc).split())}); it is damaged, "
+            "re-download it"
+        ) from None
+    missing = [m for m in members if m not in found]
+    if missing:
+        raise UserError(
+            f"the archive {archive} lacks {', '.join(missing)}; it is not the CIFAR python "
+            "distribution, re-download it"
+        )
+    parts = [read_cifar_python(f"{archive}:{m}", num_classes, found[m]) for m in members]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def write_cifar_python(
