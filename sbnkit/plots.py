@@ -131,11 +131,14 @@ def plot_learning_curves(runs: Sequence[RunLog], path: str | os.PathLike) -> Non
             x, y = _series(run, key)
             if x:
                 lr.plot(x, y, color=c, ls=style, label=f"{run.label} {key[3:]}")
+    from matplotlib.ticker import MaxNLocator
+
     for ax, title in (
         (loss, "train loss"),
         (acc, "accuracy (mode network)"),
         (lr, "learning rate"),
     ):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(True, lw=0.3)
@@ -151,6 +154,7 @@ def plot_ensemble_curve(runs: Sequence[RunLog], path: str | os.PathLike) -> None
     """Draw test accuracy and NLL against the ensemble size K (log₂ axis) of ``runs`` that have
     the curve, with each run's mode network dashed, into the PNG ``path``."""
     fig, (acc, nll) = _figure(2)
+    sizes = sorted({k for r in runs for k in r.curve})
     for i, run in enumerate(r for r in runs if r.curve):
         c = f"C{i % 10}"
         ks = list(run.curve)
@@ -161,6 +165,8 @@ def plot_ensemble_curve(runs: Sequence[RunLog], path: str | os.PathLike) -> None
                 ax.axhline(mode, color=c, ls="--", lw=0.8, label=f"{run.label} mode network")
     for ax, title in ((acc, "test accuracy"), (nll, "test NLL")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(k) for k in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("ensemble size K")
         ax.set_title(title)
         ax.grid(True, which="both", lw=0.3)
