@@ -75,7 +75,7 @@ def trained_sampling(model: nn.Module) -> Sampled:
     return "weights" if weights else "units"
 
 
-def resolve_sample(model: nn.Module, sample: str = "auto") -> Sampled:
+def resolve_sample(model: nn.Module, sample: SampleChoice = "auto") -> Sampled:
     """``sample`` with ``"auto"`` replaced by :func:`trained_sampling` of ``model``.
 
     Raises :class:`UserError` for an unknown choice.
@@ -85,7 +85,9 @@ def resolve_sample(model: nn.Module, sample: str = "auto") -> Sampled:
 
 
 @contextmanager
-def using_sampling(model: nn.Module, mode: str, sample: str = "auto") -> Iterator[None]:
+def using_sampling(
+    model: nn.Module, mode: EvalMode, sample: SampleChoice = "auto"
+) -> Iterator[None]:
     """Temporarily set the units' rules and the weights' modes of evaluation ``mode``.
 
     ``mode = "mode"``: units at ``sign(a)``, weights at ``sign η``; otherwise the random part
@@ -112,9 +114,9 @@ def _check_samples(samples: int) -> None:
 def predict_proba(
     model: nn.Module,
     x: torch.Tensor,
-    mode: str = "mode",
+    mode: EvalMode = "mode",
     samples: int = 16,
-    sample: str = "auto",
+    sample: SampleChoice = "auto",
 ) -> torch.Tensor:
     """Class probabilities ``[B, K]`` of ``model`` on ``x`` in evaluation ``mode``.
 
@@ -141,9 +143,9 @@ def nll_sum(p: torch.Tensor, y: torch.Tensor) -> float:
 def evaluate_batches(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    mode: str = "mode",
+    mode: EvalMode = "mode",
     samples: int = 16,
-    sample: str = "auto",
+    sample: SampleChoice = "auto",
 ) -> dict[str, float]:
     """Accuracy and NLL (``-log p(y|x)`` of the predictive distribution) over ``batches``.
 

@@ -32,7 +32,14 @@ from torch import nn
 
 from ..data import Batches
 from ..errors import UserError
-from ..inference import evaluate_batches, nll_sum, predict_proba, resolve_sample
+from ..inference import (
+    EvalMode,
+    SampleChoice,
+    evaluate_batches,
+    nll_sum,
+    predict_proba,
+    resolve_sample,
+)
 from ..units import BinaryUnit, binary_units
 
 __all__ = [
@@ -57,10 +64,10 @@ def evaluate(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    mode: str = "mode",
+    mode: EvalMode = "mode",
     samples: int = 16,
     batch_size: int = 2000,
-    sample: str = "auto",
+    sample: SampleChoice = "auto",
 ) -> dict[str, float]:
     """``{"acc", "nll"}`` of ``model`` on ``(x, y)`` in evaluation ``mode``.
 
@@ -218,7 +225,7 @@ def final_metrics(
     samples: int,
     batch_size: int,
     prefix: str = "test",
-    sample: str = "auto",
+    sample: SampleChoice = "auto",
     curve_max: int = CURVE_MAX,
 ) -> dict[str, Any]:
     """The metrics of the module docstring for ``model`` on ``(x, y)``.
