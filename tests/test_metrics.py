@@ -29,6 +29,7 @@ from sbnkit.train.metrics import (
     expected_calibration_error,
     final_metrics,
     running_means,
+    sampled_softmax,
     unit_entropy_bits,
 )
 from sbnkit.units import BinaryUnit, binary_units
@@ -249,6 +250,24 @@ def test_final_metrics_from_one_set_of_draws():
         final_metrics(model, x, y, samples=0, batch_size=7)
     with pytest.raises(UserError, match="empty"):
         final_metrics(model, x[:0], y[:0], samples=2, batch_size=7)
+
+
+@pytest.mark.parametrize(("sample", "first_op_calls"), [("units", 1), ("both", 3)])
+def test_sampled_softmax_is_predict_proba_with_the_first_stage_cached(sample, first_op_calls):
+    model = _mlp("mode").eval()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    calls = []
+    model.stages[0].op.register_forward_hook(lambda *_: calls.append(1))
+    draw = sampled_softmax(model, x, sample)
+    for seed in (3, 4, 5):
+        torch.manual_seed(seed)
+        got = draw()
+        torch.manual_seed(seed)
+        expected = predict_proba(model, x, "sample", 1, sample)  # the same random stream
+        assert torch.equal(got, expected)
+    # 3 draws and 3 predict_proba calls: the first layer runs once for all draws when its
+    # weights are not sampled, and in every draw when they are
+    assert len(calls) == first_op_calls + 3
 
 
 # ---------------------------------------------------------------- config and command line

@@ -16,9 +16,12 @@
 All sampled metrics come from ONE set of ``max(64, eval.samples)`` sampled softmax outputs: the
 K-sample ensemble is the running mean of the first K of them, so ``*_sample`` is the curve at
 K = 1 and ``*_ensemble`` the running mean at K = ``eval.samples``. The cost is one mode pass
-plus ``max(64, eval.samples)`` sampled passes over the test set, and memory for three ``[N,
-classes]`` probability tensors (for Fashion-MNIST's MLP 784-1024-1024-10 on 2 cores: a few
-seconds to tens of seconds; ``eval_seconds`` records it).
+plus ``max(64, eval.samples)`` sampled passes over the test set, batch by batch; when the first
+layer is deterministic (real weights, or weights not sampled) its output is computed once per
+batch (:func:`sampled_softmax`). Memory: a few ``[N, classes]`` probability tensors per ensemble
+size. For the default Fashion-MNIST MLP 784-1024-1024-10 on its 10 000 test images this is about
+60 CPU-seconds (the 18 passes of the former evaluation took about 20); ``eval_seconds`` records
+the wall time.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batches
@@ -39,8 +43,11 @@ from ..inference import (
     nll_sum,
     predict_proba,
     resolve_sample,
+    using_sampling,
 )
+from ..network import SBN, Stage
 from ..units import BinaryUnit, binary_units
+from ..weights import bernoulli_parametrizations
 
 __all__ = [
     "CURVE_MAX",
@@ -53,6 +60,7 @@ __all__ = [
     "expected_calibration_error",
     "final_metrics",
     "running_means",
+    "sampled_softmax",
     "unit_entropy_bits",
 ]
 
@@ -194,6 +202,58 @@ def _mode_pass(model: nn.Module, x: torch.Tensor, batch_size: int) -> tuple[torc
     return p, hooks.mean
 
 
+@torch.no_grad()
+def sampled_softmax(
+    model: nn.Module, x: torch.Tensor, sample: SampleChoice = "auto"
+) -> Callable[[], torch.Tensor]:
+    """A function that draws one sampled softmax output ``[B, C]`` of ``model`` on ``x``, as
+    ``predict_proba(model, x, "sample", 1, sample)`` does (same law, same random stream).
+
+    For an :class:`~sbnkit.network.SBN` whose first stage is deterministic under ``sample`` (its
+    weights are real or not sampled), that stage's pre-activation is computed once and each draw
+    starts at its units: for Fashion-MNIST's MLP this saves ~40 % of the multiply-adds of
+    every draw. Raises
+    :class:`UserError` for bad input.
+    """
+    drawn = resolve_sample(model, sample)
+    start = _first_random_stage(model, drawn)
+    if start is None or not isinstance(model, SBN):
+        return lambda: predict_proba(model, x, "sample", 1, drawn)
+    model.check_input(x)
+    stages = list(model.stages)
+    with using_sampling(model, "sample", drawn):
+        h = x
+        for module in stages[:start]:
+            h = module(h)
+        a = stages[start].preactivation(h)
+
+    @torch.no_grad()
+    def draw() -> torch.Tensor:
+        with using_sampling(model, "sample", drawn):
+            t = stages[start].unit(a)
+            for module in stages[start + 1 :]:
+                t = module(t)
+            return F.softmax(model.head(t), dim=1)
+
+    return draw
+
+
+def _first_random_stage(model: nn.Module, drawn: str) -> int | None:
+    """The index of the first :class:`Stage` of an SBN when everything before its units is
+    deterministic under ``drawn``, else ``None``."""
+    if not isinstance(model, SBN):
+        return None
+    for i, module in enumerate(model.stages):
+        random_weights = drawn != "units" and any(True for _ in bernoulli_parametrizations(module))
+        if random_weights:
+            return None
+        if isinstance(module, Stage):
+            return i
+        if binary_units(module):
+            return None
+    return None
+
+
 def _eval_mode(fn: Callable[[], Any], model: nn.Module) -> Any:
     was_training = model.training
     model.eval()
@@ -244,18 +304,20 @@ def final_metrics(
     drawn = resolve_sample(model, sample)
     sizes = curve_sizes(curve_max)
 
-    def draws() -> Iterator[torch.Tensor]:
-        while True:
-            yield torch.cat(
-                [predict_proba(model, xb, "sample", 1, drawn) for xb in x.split(batch_size)]
-            )
+    ks = sorted({*sizes, samples})
 
     def measure() -> dict[str, Any]:
         p_mode, entropy = _mode_pass(model, x, batch_size)
         out = {"mode": accuracy_nll(p_mode, y, batch_size)}
         out["ece_mode"] = expected_calibration_error(p_mode, y)
+        parts: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+        for xb in x.split(batch_size):
+            draw = sampled_softmax(model, xb, drawn)
+            for k, p in running_means(iter(draw, None), ks):
+                parts[k].append(p)
         curve = {}
-        for k, p in running_means(draws(), [*sizes, samples]):
+        for k in ks:
+            p = torch.cat(parts[k])
             scores = accuracy_nll(p, y, batch_size)
             if k in sizes:
                 curve[str(k)] = scores
