@@ -2,10 +2,12 @@
 
 * ``sbnkit train CONFIG.toml [key=value ...] [--out DIR] [--overwrite]``: train a model into the
   run folder ``DIR`` (default ``runs/<config stem>``; see :mod:`sbnkit.runfolder`): ``run.json``
-  (state and provenance), ``config.toml`` and ``log.jsonl`` while it runs, then ``model.pt`` and
-  ``metrics.json``. An interrupted run keeps its finished epochs' log;
-* ``sbnkit evaluate CHECKPOINT [--mode mode|sample|ensemble] [--samples K]``: test accuracy and
-  NLL of a saved run;
+  (state and provenance), ``config.toml``, ``log.jsonl`` and ``log.csv`` while it runs, then
+  ``model.pt`` and ``metrics.json``. An interrupted run keeps its finished epochs' log;
+* ``sbnkit evaluate CHECKPOINT [--mode mode|sample|ensemble] [--samples K]
+  [--sample auto|units|weights|both]``: test accuracy and NLL of a saved run;
+* ``sbnkit plot DIR... [--out DIR] [--overwrite]``: learning curves and the
+  accuracy-vs-ensemble-size curve of training runs as PNGs (:mod:`sbnkit.plots`);
 * ``sbnkit gradeval ...``: the gradient-accuracy experiment (:mod:`sbnkit.gradeval`);
 * ``sbnkit summary CHECKPOINT_OR_CONFIG`` / ``sbnkit export CHECKPOINT OUT [--overwrite]``:
   the layer table and the bit-packed export (:mod:`sbnkit.deploy`).
@@ -36,8 +38,9 @@ from . import data as data_lib
 from .devices import resolve_device
 from .distributed import leave
 from .errors import ArgumentParser, Stopped, StopSignal, UserError
-from .inference import EVAL_MODES
+from .inference import EVAL_MODES, SAMPLE_CHOICES, resolve_sample
 from .lrsearch import LR_KEYS, check_search, lr_search, with_lr
+from .plots import plot_runs
 from .provenance import provenance
 from .runfolder import RunFolder, check_folder
 from .train import (
@@ -110,7 +113,27 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="where to evaluate: auto (CUDA when present), cpu, cuda, cuda:N or mps",
     )
+    ev.add_argument(
+        "--sample",
+        choices=SAMPLE_CHOICES,
+        help="what a sample draws: units, weights or both; auto = what training drew "
+        "(default: eval.sample of the run's config)",
+    )
     ev.set_defaults(func=_evaluate)
+    plot = sub.add_parser(
+        "plot",
+        help="draw learning curves and the ensemble-size curve of training runs",
+        description="Draw learning curves (loss, accuracy, lr) of training runs, overlaid, and "
+        "their accuracy-vs-ensemble-size curve into PNGs.",
+    )
+    plot.add_argument("dirs", nargs="+", metavar="DIR", help="run folders of `sbnkit train`")
+    plot.add_argument(
+        "--out", metavar="DIR", help="folder for the PNGs (default DIR/plots for one run)"
+    )
+    plot.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier plot in the --out folder"
+    )
+    plot.set_defaults(func=_plot)
     lr = sub.add_parser(
         "lr-search",
         help="choose the learning rate by short trial runs",
@@ -283,12 +306,16 @@ def _train_run(
         if saved is None:
             rf.write_text("config.toml", cfg.to_toml(), keep=True)
         else:
-            lines = (rf.path / "log.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-            rf.write_text("log.jsonl", "".join(lines[: saved["position"].logged]), keep=True)
+            logged = saved["position"].logged  # the logs may hold epochs the state has not
+            for name, keep in (("log.jsonl", logged), ("log.csv", logged + 1)):
+                if name in rf.written:
+                    lines = (rf.path / name).read_text(encoding="utf-8").splitlines(keepends=True)
+                    rf.write_text(name, "".join(lines[:keep]), keep=True)
 
         def log_epoch(entry: dict) -> None:
             n = entry["epoch"]
-            rf.append_line("log.jsonl", json.dumps(entry), progress=_done(n))
+            rf.append_line("log.jsonl", json.dumps(entry))
+            rf.append_row("log.csv", entry, progress=_done(n))
 
         def save_state(at: state.LoopPosition, write: Callable[[Path], None]) -> None:
             with rf.target(STATE_FILE, keep=True) as tmp:
@@ -330,7 +357,7 @@ def _train_run(
 
 
 def _done(epochs: int) -> str:
-    return f"{epochs} finished epoch{'s' * (epochs != 1)} in log.jsonl"
+    return f"{epochs} finished epoch{'s' * (epochs != 1)} in log.jsonl and log.csv"
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -351,8 +378,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     d = cfg.data
     x, y = data_lib.load(d.name, "test", d.root or None, d.standardize)
     samples = args.samples or cfg.eval.samples
-    result = evaluate(model, x, y, args.mode, samples, cfg.eval.batch_size)
-    label = {"mode": "mode network", "sample": "one sample"}.get(args.mode, f"ensemble K={samples}")
+    sample = args.sample or cfg.eval.sample
+    result = evaluate(model, x, y, args.mode, samples, cfg.eval.batch_size, sample)
+    drawn = f", sampling {resolve_sample(model, sample)}"
+    label = {"mode": "mode network", "sample": f"one sample{drawn}"}.get(
+        args.mode, f"ensemble K={samples}{drawn}"
+    )
     print(f"test accuracy ({label}): {result['acc']:.4f}  NLL {result['nll']:.4f}")
     return 0
 
@@ -438,6 +469,12 @@ def _compare(args: argparse.Namespace) -> int:
             compare.plot(by_config, tmp)
     print(table, end="")
     print(f"{len(runs)} runs in {rf.path}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    for path in plot_runs(args.dirs, args.out, overwrite=args.overwrite, argv=args.argv):
+        print(path)
     return 0
 
 

@@ -25,11 +25,13 @@ Every file is written atomically: to a temporary name in the folder, then ``os.r
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime
+import io
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -336,6 +338,25 @@ class RunFolder:
         :attr:`progress`, the description of the finished work that a failure keeps."""
         old = (self.path / name).read_text(encoding="utf-8") if name in self.written else ""
         self.write_text(name, old + line.rstrip("\n") + "\n", keep=True)
+        if progress is not None:
+            self.set_progress(progress)
+
+    def append_row(self, name: str, row: Mapping[str, Any], *, progress: str | None = None) -> None:
+        """Append ``row`` to the kept CSV file ``name`` (rewritten atomically), as
+        :meth:`append_line` does. The header is written once, from the first row's keys; a later
+        row with new keys appends them as columns (earlier rows leave them empty)."""
+        columns: list[str] = []
+        rows: list[dict[str, str]] = []
+        if name in self.written:
+            with open(self.path / name, encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f)
+                columns, rows = list(reader.fieldnames or []), list(reader)
+        columns += [k for k in row if k not in columns]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows([*rows, row])
+        self.write_text(name, text.getvalue(), keep=True)
         if progress is not None:
             self.set_progress(progress)
 

@@ -164,7 +164,7 @@ def test_recipe_runs_on_tiny_synthetic_data(path, fake_data, tmp_path, monkeypat
         metrics = fit(run, progress=False)
     finally:
         torch.set_num_threads(threads)
-    assert all(math.isfinite(v) for v in metrics.values())
+    assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
     assert 0.0 <= metrics["test_acc_mode"] <= 1.0
     after = latent_parameters(run.model)
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -59,6 +60,7 @@ def test_train_and_evaluate_end_to_end(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in out.iterdir()) == [
         ".lock",
         "config.toml",
+        "log.csv",
         "log.jsonl",
         "metrics.json",
         "model.pt",
@@ -69,6 +71,10 @@ def test_train_and_evaluate_end_to_end(tmp_path, monkeypatch, capsys):
     assert len(lines) == 1
     assert {"epoch", "train_loss", "test_acc_mode", "test_nll_mode", "seconds"} <= set(lines[0])
     assert {"lr_latent", "lr_real"} <= set(lines[0])
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [list(r) for r in rows] == [list(lines[0])]  # same columns, header once
+    assert {k: float(v) for k, v in rows[0].items()} == lines[0]
     metrics = json.loads((out / "metrics.json").read_text())
     assert {
         f"test_{what}_{net}" for what in ("acc", "nll") for net in ("mode", "sample", "ensemble")
@@ -117,7 +123,7 @@ def test_the_run_records_its_provenance(tmp_path):
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "r" / "run.json").read_text())
     assert record["command"] == "train" and record["state"] == "complete"
-    assert record["files"] == ["config.toml", "log.jsonl", "metrics.json", "model.pt"]
+    assert record["files"] == ["config.toml", "log.csv", "log.jsonl", "metrics.json", "model.pt"]
     prov = record["provenance"]
     assert prov["command_line"] == ["sbnkit", "train", "tiny.toml", "--out", "r"]
     assert prov["sbnkit"] == sbnkit.__version__ and prov["torch"] == torch.__version__
@@ -187,7 +193,9 @@ def test_sigterm_saves_the_state_and_resume_continues_bit_for_bit(tmp_path, monk
     run = tmp_path / "run"
     logged = len((run / "log.jsonl").read_text().splitlines())
     assert 2 <= logged < 20
-    assert f"kept checkpoint.pt, config.toml, log.jsonl in {run} ({logged} finished epochs" in err
+    assert len((run / "log.csv").read_text().splitlines()) == 1 + logged
+    kept = "kept checkpoint.pt, config.toml, log.csv, log.jsonl"
+    assert f"{kept} in {run} ({logged} finished epochs" in err
     assert f"continue with `sbnkit train --resume {run}`" in err
     assert err.strip().splitlines()[-1] == "sbnkit: stopped by SIGTERM"
     assert "Traceback" not in err
@@ -195,12 +203,13 @@ def test_sigterm_saves_the_state_and_resume_continues_bit_for_bit(tmp_path, monk
         ".lock",
         "checkpoint.pt",
         "config.toml",
+        "log.csv",
         "log.jsonl",
         "run.json",
     ]
     record = json.loads((run / "run.json").read_text())
     assert record["state"] == "interrupted"
-    assert record["files"] == ["checkpoint.pt", "config.toml", "log.jsonl"]
+    assert record["files"] == ["checkpoint.pt", "config.toml", "log.csv", "log.jsonl"]
 
     monkeypatch.setenv("SBNKIT_DATA", str(tmp_path / "data"))
     again = ["train", str(tmp_path / "long.toml"), "--out", str(run)]
@@ -210,6 +219,7 @@ def test_sigterm_saves_the_state_and_resume_continues_bit_for_bit(tmp_path, monk
     assert sorted(p.name for p in run.iterdir()) == [
         ".lock",
         "config.toml",
+        "log.csv",
         "log.jsonl",
         "metrics.json",
         "model.pt",

@@ -32,6 +32,19 @@ def test_a_finished_run_records_its_files_and_state(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [".lock", "log.jsonl", "run.json", "x.txt"]
 
 
+def test_append_row_writes_the_header_once_and_is_kept(tmp_path):
+    out = tmp_path / "run"
+
+    def body(rf):
+        rf.append_row("log.csv", {"epoch": 1, "loss": 0.5})
+        rf.append_row("log.csv", {"epoch": 2, "loss": 0.25, "acc": 0.75}, progress="2 epochs")
+
+    assert _fail(out, body=body) == [
+        f"sbnkit: kept log.csv in {out} (2 epochs); the run did not finish"
+    ]
+    assert (out / "log.csv").read_text() == "epoch,loss,acc\n1,0.5,\n2,0.25,0.75\n"
+
+
 def test_a_failure_without_finished_work_removes_what_it_created(tmp_path):
     out = tmp_path / "new" / "deeper" / "run"
     lines = _fail(out, body=lambda rf: rf.write_text("x.txt", "x", keep=True))

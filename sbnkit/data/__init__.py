@@ -1,8 +1,8 @@
 """Data sets as in-memory tensors, their on-disk lookup, a validation split and a batch iterator.
 
 Registered data sets (:func:`names`): ``fashion_mnist``, ``mnist`` (IDX files, gzipped or raw),
-``cifar10``, ``cifar100`` (the binary distributions) and ``toy2d`` (generated: the toy set of
-Shekhovtsov, Yanush & Flach 2020, §5).
+``cifar10``, ``cifar100`` (the binary or the python distribution) and ``toy2d`` (generated: the
+toy set of Shekhovtsov, Yanush & Flach 2020, §5).
 
 Where the files are looked for, in order (the first folder that holds all files of the split wins):
 
@@ -14,6 +14,12 @@ Where the files are looked for, in order (the first folder that holds all files 
 4. ``~/.cache/sbnkit/<folder>``.
 
 ``<folder>`` is ``fashion-mnist``, ``mnist``, ``cifar-10-batches-bin`` or ``cifar-100-binary``.
+CIFAR comes in two distributions: in each place above the binary one is looked for first
+(``cifar-10-batches-bin``, ``cifar-100-binary``), then the python one (``cifar-10-batches-py``:
+``data_batch_1`` … ``data_batch_5``, ``test_batch``; ``cifar-100-python``: ``train``, ``test``),
+read by a restricted unpickler (:mod:`.cifar_python`), and last the python distribution's archive
+itself, ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``, directly in that place (read in
+memory, never extracted).
 IDX names are those of the original distribution (``train-images-idx3-ubyte[.gz]``,
 ``train-labels-idx1-ubyte[.gz]``, ``t10k-...``). MNIST and Fashion-MNIST share these names, so only
 Fashion-MNIST, the default, may sit directly in ``$SBNKIT_DATA``.
@@ -35,6 +41,7 @@ import torch
 from ..errors import UserError
 from .augment import AUGMENTS, augmenter
 from .cifar import read_cifar_bin
+from .cifar_python import read_cifar_python, read_cifar_python_archive
 from .idx import read_idx
 from .toy import make_toy
 
@@ -56,6 +63,17 @@ class Dataset:
     files: dict[str, tuple[str, ...]] = field(default_factory=dict)
     flat_ok: bool = False
     hint: str = ""
+    python_folder: str = ""
+    python_files: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    python_archive: str = ""
+
+    def layouts(self) -> list[tuple[str, dict[str, tuple[str, ...]]]]:
+        """``(folder, files)`` of each distribution, in lookup order: binary, python, then the
+        python archive (folder ``""``: the archive lies in the place itself)."""
+        if not self.python_folder:
+            return [(self.folder, self.files)]
+        archive = {split: (self.python_archive,) for split in SPLITS}
+        return [(self.folder, self.files), (self.python_folder, self.python_files), ("", archive)]
 
 
 def _idx_files(prefix: str) -> tuple[str, str]:
@@ -104,8 +122,14 @@ DATASETS: dict[str, Dataset] = {
                 "test": ("test_batch.bin",),
             },
             flat_ok=True,
-            hint="unpack the CIFAR-10 binary version (cifar-10-binary.tar.gz) into "
-            "$SBNKIT_DATA/cifar-10-batches-bin",
+            hint="put cifar-10-python.tar.gz (as downloaded, or unpacked) or the unpacked "
+            "cifar-10-binary.tar.gz into $SBNKIT_DATA",
+            python_folder="cifar-10-batches-py",
+            python_archive="cifar-10-python.tar.gz",
+            python_files={
+                "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+                "test": ("test_batch",),
+            },
         ),
         Dataset(
             "cifar100",
@@ -116,8 +140,11 @@ DATASETS: dict[str, Dataset] = {
             (0.2673, 0.2564, 0.2762),
             "cifar-100-binary",
             {"train": ("train.bin",), "test": ("test.bin",)},
-            hint="unpack the CIFAR-100 binary version (cifar-100-binary.tar.gz) into "
-            "$SBNKIT_DATA/cifar-100-binary",
+            hint="put cifar-100-python.tar.gz (as downloaded, or unpacked) or the unpacked "
+            "cifar-100-binary.tar.gz into $SBNKIT_DATA",
+            python_folder="cifar-100-python",
+            python_archive="cifar-100-python.tar.gz",
+            python_files={"train": ("train",), "test": ("test",)},
         ),
         Dataset("toy2d", "the 2-D toy set", (2,), 2),
     )
@@ -148,10 +175,14 @@ def _resolve(folder: Path, name: str) -> Path | None:
     return None
 
 
-def candidate_folders(ds: Dataset, root: str | os.PathLike | None = None) -> list[Path]:
-    """The folders searched for ``ds``, in order (see the module docstring)."""
+def candidate_folders(
+    ds: Dataset, root: str | os.PathLike | None = None, folder: str | None = None
+) -> list[Path]:
+    """The folders searched for ``ds``, in order (see the module docstring); ``folder``: the
+    folder name of one distribution (default ``ds.folder``)."""
+    name = ds.folder if folder is None else folder
     if root:
-        return [Path(root).expanduser(), Path(root).expanduser() / ds.folder]
+        return [Path(root).expanduser(), Path(root).expanduser() / name]
     folders = []
     env = os.environ.get("SBNKIT_DATA")
     if env and not Path(env).expanduser().is_dir():
@@ -160,27 +191,38 @@ def candidate_folders(ds: Dataset, root: str | os.PathLike | None = None) -> lis
             "files, or unset it to use the default locations"
         )
     if env:
-        folders.append(Path(env).expanduser() / ds.folder)
+        folders.append(Path(env).expanduser() / name)
         if ds.flat_ok:
             folders.append(Path(env).expanduser())
-    folders += [r.expanduser() / ds.folder for r in DEFAULT_ROOTS]
+    folders += [r.expanduser() / name for r in DEFAULT_ROOTS]
     return folders
 
 
 def find_files(
     name: str, split: str = "train", root: str | os.PathLike | None = None
 ) -> list[Path]:
-    """Paths of the files of ``split`` of data set ``name`` from the first folder holding all."""
-    ds = get(name)
+    """Paths of the files of ``split`` of data set ``name`` from the first folder holding all.
+
+    Raises :class:`UserError` when no folder holds them all.
+    """
+    return _find(get(name), split, root)[0]
+
+
+def _find(ds: Dataset, split: str, root: str | os.PathLike | None) -> tuple[list[Path], int]:
+    """The paths of ``split`` and the index of the distribution (:meth:`Dataset.layouts`)."""
     _check_split(split)
     if not ds.files:
-        return []
-    folders = candidate_folders(ds, root)
-    for folder in folders:
-        paths = [_resolve(folder, f) for f in ds.files[split]]
-        if all(p is not None for p in paths):
-            return paths  # type: ignore[return-value]
-    where = ", ".join(str(f) for f in folders)
+        return [], 0
+    layouts = ds.layouts()
+    places = zip(*(candidate_folders(ds, root, folder) for folder, _ in layouts), strict=True)
+    searched = []
+    for folders in places:
+        for k, (folder, (_, files)) in enumerate(zip(folders, layouts, strict=True)):
+            paths = [_resolve(folder, f) for f in files[split]]
+            if all(p is not None for p in paths):
+                return paths, k  # type: ignore[return-value]
+            searched.append(folder)
+    where = ", ".join(dict.fromkeys(str(f) for f in searched))
     raise UserError(f"{ds.title} {split} files not found (looked in {where}); {ds.hint}")
 
 
@@ -216,12 +258,19 @@ def load(
         x, signs = make_toy(100, seed=1 if split == "train" else 2, dtype=torch.float32)
         y = (signs > 0).long()
         return x, y
-    paths = find_files(name, split, root)
+    paths, layout = _find(ds, split, root)
     try:
         if ds.folder.startswith("cifar"):
-            parts = [
-                read_cifar_bin(p, 1 if ds.num_classes == 10 else 2, ds.num_classes) for p in paths
-            ]
+            if layout == 2:
+                members = [f"{ds.python_folder}/{f}" for f in ds.python_files[split]]
+                parts = [read_cifar_python_archive(paths[0], members, ds.num_classes)]
+            else:
+                parts = [
+                    read_cifar_python(p, ds.num_classes)
+                    if layout == 1
+                    else read_cifar_bin(p, 1 if ds.num_classes == 10 else 2, ds.num_classes)
+                    for p in paths
+                ]
             images = np.concatenate([p[0] for p in parts])
             labels = np.concatenate([p[1] for p in parts])
         else:
@@ -314,6 +363,7 @@ __all__ = [
     "load",
     "names",
     "read_cifar_bin",
+    "read_cifar_python",
     "read_idx",
     "split_validation",
     "make_toy",

@@ -30,7 +30,9 @@ Sections and keys (defaults in parentheses)::
                       cuda | cuda:N | mps
     [data]            name (fashion_mnist); val_fraction (0); augment (none) | flip | crop |
                       flipcrop; crop_padding (4); standardize (true); root ("" = default lookup)
-    [eval]            samples (16, ensemble size K); batch_size (2000)
+    [eval]            samples (16, ensemble size K); batch_size (2000); sample (auto) | units |
+                      weights | both: what the sample/ensemble evaluations draw, "auto" = what
+                      training drew (see sbnkit.inference)
 
 Keys a method does not use (e.g. momentum for bop) are ignored, and so are the ``[model]``
 ``weight_*`` / ``latent_clip`` keys for methods other than md (adam, sgd). Unknown keys, wrong
@@ -53,6 +55,7 @@ from .. import estimators
 from .. import optim as optim_lib
 from ..devices import DEVICE_NAMES
 from ..errors import UserError
+from ..inference import SAMPLE_CHOICES
 from ..models import MODELS
 from ..noise import NOISES
 from ..weights import WEIGHT_MODES
@@ -154,6 +157,7 @@ class EvalConfig:
 
     samples: int = 16
     batch_size: int = 2000
+    sample: str = "auto"
 
 
 @dataclass
@@ -309,6 +313,7 @@ def check(cfg: Config) -> Config:
             'batch or model.norm = "affine"'
         )
     _choice("train.lr_schedule", t.lr_schedule, SCHEDULES)
+    _choice("eval.sample", e.sample, SAMPLE_CHOICES)
     _positive("train.lr_gamma", t.lr_gamma)
     _positive("train.grad_clip", t.grad_clip, allow_zero=True)
     _positive("train.checkpoint_every", t.checkpoint_every, allow_zero=True)
