@@ -42,11 +42,11 @@ MODULE_TESTS: dict[str, list[str]] = {
     "sbnkit/noise.py": ["tests/test_noise.py"],
     "sbnkit/units.py": ["tests/test_units.py"],
     "sbnkit/weights.py": ["tests/test_weights.py"],
-    "sbnkit/estimators/score.py": ["tests/test_path_estimators.py"],
-    "sbnkit/estimators/adf.py": ["tests/test_path_estimators.py"],
+    "sbnkit/estimators/score.py": ["tests/test_score.py", "tests/test_path_estimators.py"],
+    "sbnkit/estimators/adf.py": ["tests/test_adf.py", "tests/test_path_estimators.py"],
     "sbnkit/estimators/local.py": ["tests/test_estimator_interface.py"],
-    "sbnkit/inference.py": ["tests/test_estimator_interface.py", "tests/test_weights.py"],
-    "sbnkit/data/idx.py": ["tests/test_data.py"],
+    "sbnkit/inference.py": ["tests/test_inference.py"],
+    "sbnkit/data/idx.py": ["tests/test_idx.py", "tests/test_data.py"],
 }
 
 TIMEOUT_FACTOR = 3.0
