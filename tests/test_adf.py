@@ -147,10 +147,15 @@ def test_adf_with_norms_and_bernoulli_weights_matches_the_hand_recursion(norm):
     assert_same(got, want)
 
 
-def test_adf_on_a_convnet_with_an_average_head_matches_the_hand_recursion():
+@pytest.mark.parametrize("norm", [None, "affine"])
+def test_adf_on_a_convnet_with_an_average_head_matches_the_hand_recursion(norm):
     torch.manual_seed(8)
-    model = models.convnet(1, 3, (2, 3), image_size=5, binary_weights=True, binary_first=False)
-    model = model.double()
+    model = models.convnet(
+        1, 3, (2, 3), image_size=5, norm=norm, binary_weights=True, binary_first=False
+    ).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
     x = torch.randn(2, 1, 5, 5, dtype=torch.float64)
     y = torch.tensor([2, 0])
     got = gradient(get("adf"), model, x, y, ce)

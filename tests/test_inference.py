@@ -78,6 +78,16 @@ def test_ensemble_default_is_sixteen_samples():
     torch.testing.assert_close(got, want)
 
 
+def test_evaluate_batches_ensemble_default_is_sixteen_samples():
+    model, x = binary_mlp()
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(9)
+    got = evaluate_batches(model, [(x, y)], "ensemble")
+    torch.manual_seed(9)
+    p = predict_proba(model.eval(), x, "ensemble", 16)
+    assert got["nll"] == pytest.approx(float(-torch.log(p[torch.arange(6), y]).mean()), rel=1e-12)
+
+
 @pytest.mark.parametrize("samples", [0, -2, 2.0])
 def test_bad_sample_counts_raise(samples):
     model, x = binary_mlp()

@@ -12,7 +12,9 @@ import torch
 from sbn_testing import ce, gradient
 
 from sbnkit import models
+from sbnkit.errors import UserError
 from sbnkit.estimators import get
+from sbnkit.estimators.score import Reinforce
 
 
 def two_stage_net(noise_scale=0.7, **options):
@@ -93,6 +95,11 @@ def test_reinforce_baseline_is_the_running_mean_of_past_batch_losses(binary_weig
 def test_reinforce_without_baseline_ignores_decay_and_defaults():
     est = get("reinforce")
     assert est.baseline is False and est.decay == 0.9
+    assert vars(Reinforce()) == vars(est)
+    assert get("reinforce", decay=0.0).decay == 0.0
+    for bad in (1.0, -0.1):
+        with pytest.raises(UserError, match="decay"):
+            get("reinforce", decay=bad)
     model, x, y = two_stage_net()
     torch.manual_seed(4)
     gradient(est, model, x, y, ce)

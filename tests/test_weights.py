@@ -135,6 +135,7 @@ def test_using_weight_mode_restores():
     [
         lambda: BernoulliWeight(mode="argmax"),
         lambda: BernoulliWeight(clip=-1.0),
+        lambda: BernoulliWeight(clip=0.0),
         lambda: BernoulliWeight("cauchy"),
         lambda: make_binary(nn.ReLU()),
     ],
@@ -171,14 +172,13 @@ def test_defaults_are_logistic_half_sampled_unclipped():
 
 def test_clip_latents_leaves_unclipped_parametrizations_alone():
     model = nn.Sequential(make_binary(nn.Linear(3, 3), clip=0.5), make_binary(nn.Linear(3, 3)))
+    values = torch.tensor([[-2.0, -0.3, 0.1], [0.5, 0.7, 2.0], [-0.5, -0.6, 0.0]])
     with torch.no_grad():
         for eta in latent_parameters(model):
-            eta.fill_(2.0)
+            eta.copy_(values)
     clip_latents_(model)
     first, second = latent_parameters(model)
-    assert torch.equal(first, torch.full((3, 3), 0.5)) and torch.equal(
-        second, torch.full((3, 3), 2.0)
-    )
+    assert torch.equal(first, values.clamp(-0.5, 0.5)) and torch.equal(second, values)
 
 
 def test_binarize_keeps_bias_training_flag_and_conv_geometry():
