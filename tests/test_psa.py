@@ -15,7 +15,7 @@ from statistics import NormalDist
 
 import pytest
 import torch
-from sbn_testing import authors_net, ce, gradient, logistic_loss
+from sbn_testing import ce, gradient, logistic_loss, toy_net
 from torch import nn
 
 from sbnkit import models
@@ -63,14 +63,14 @@ def layer_rmse(grads, exact, prefix):
 
 
 @pytest.fixture(scope="module")
-def authors():
-    model, x, y, _ = authors_net()
+def toy():
+    model, x, y = toy_net()
     value, exact = gradient(get("exact"), model, x, y, logistic_loss)
     return model, x, y, value, exact
 
 
-def test_psa_unbiased_for_head_and_last_hidden_layer(authors):
-    model, x, y, value, exact = authors
+def test_psa_unbiased_for_head_and_last_hidden_layer(toy):
+    model, x, y, value, exact = toy
     torch.manual_seed(0)
     idx = torch.arange(0, 200, 25)  # 4 points per class
     sub_value, sub_exact = gradient(get("exact"), model, x[idx], y[idx], logistic_loss)
@@ -86,8 +86,8 @@ def test_psa_unbiased_for_head_and_last_hidden_layer(authors):
     assert float(z_scores(values, sub_value)) <= NormalDist().inv_cdf(1 - ALPHA / 2)
 
 
-def test_psa_beats_st_in_the_hidden_layers_at_one_sample(authors):
-    model, x, y, _, exact = authors
+def test_psa_beats_st_in_the_hidden_layers_at_one_sample(toy):
+    model, x, y, _, exact = toy
     torch.manual_seed(1)
     _, psa = samples(get("psa", kernel="reference"), model, x, y, logistic_loss, 120)
     _, st = samples(get("st"), model, x, y, logistic_loss, 120)
