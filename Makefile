@@ -31,7 +31,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 # Mutation testing over the chosen modules (tools/mutate.py; scores are recorded in TESTING.md).
-MUTANTS ?= 25
+MUTANTS ?= 40
 mutate: setup
 	OMP_NUM_THREADS=1 $(BIN)/python tools/mutate.py --max-mutants $(MUTANTS) --report runs/mutation-report.md
 

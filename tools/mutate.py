@@ -27,6 +27,7 @@ import ast
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -409,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             for mutant in mutants:
                 print(f"  {mutant.describe()}")
         return 0
+    # SIGTERM unwinds like Ctrl-C, so the scratch copy is removed either way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     command = "python tools/mutate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sbnkit-mutate-") as tmp:
