@@ -18,8 +18,9 @@ from sbnkit import models
 from sbnkit.errors import UserError
 from sbnkit.estimators import get
 from sbnkit.estimators.adf import noise_variance
-from sbnkit.network import ChannelAffine
+from sbnkit.network import SBN, ChannelAffine, Head, Stage
 from sbnkit.noise import Logistic, Noise, Normal, Triangular, Uniform
+from sbnkit.units import BinaryUnit
 
 VARIANCE = {  # V_z of each noise of scale s
     "logistic": lambda s: (math.pi * s) ** 2 / 3,
@@ -89,10 +90,10 @@ def hand_moments(model, x, vz, draws=False):
         else:
             p = cdf(mu * torch.sqrt(vz / (nu + vz)))
         m, v = 2 * p - 1, 4 * p * (1 - p)
-    if m.dim() > 2:  # global average: the mean of P independent units has variance mean(v) / P
+    if model.head.pool == "avg":  # the mean of P independent units has variance mean(v) / P
         positions = m[0, 0].numel()
         m, v = m.mean((2, 3)), v.mean((2, 3)) / positions
-    return _moments(model.head.linear, m, v)
+    return _moments(model.head.linear, m.flatten(1), v.flatten(1))
 
 
 def hand_value(model, loss):
@@ -147,8 +148,9 @@ def test_adf_with_norms_and_bernoulli_weights_matches_the_hand_recursion(norm):
     assert_same(got, want)
 
 
+@pytest.mark.parametrize("output", ["mean", "sample"])
 @pytest.mark.parametrize("norm", [None, "affine"])
-def test_adf_on_a_convnet_with_an_average_head_matches_the_hand_recursion(norm):
+def test_adf_on_a_convnet_with_an_average_head_matches_the_hand_recursion(norm, output):
     torch.manual_seed(8)
     model = models.convnet(
         1, 3, (2, 3), image_size=5, norm=norm, binary_weights=True, binary_first=False
@@ -158,9 +160,37 @@ def test_adf_on_a_convnet_with_an_average_head_matches_the_hand_recursion(norm):
             p.add_(0.3 * torch.randn_like(p))
     x = torch.randn(2, 1, 5, 5, dtype=torch.float64)
     y = torch.tensor([2, 0])
-    got = gradient(get("adf"), model, x, y, ce)
-    want = hand_value(model, lambda: ce(hand_moments(model, x, math.pi**2 / 3)[0], y).mean())
-    assert_same(got, want)
+    torch.manual_seed(40)
+    got = gradient(get("adf", output=output), model, x, y, ce)
+
+    def loss():
+        torch.manual_seed(40)
+        mu, nu = hand_moments(model, x, math.pi**2 / 3)
+        return ce(
+            mu + torch.sqrt(nu) * torch.randn_like(mu) if output == "sample" else mu, y
+        ).mean()
+
+    assert_same(got, hand_value(model, loss))
+
+
+def test_adf_on_a_conv_stage_with_a_flatten_head_matches_the_hand_recursion():
+    torch.manual_seed(9)
+    model = SBN(
+        [Stage(nn.Conv2d(1, 2, 3, stride=2, padding=1), BinaryUnit("normal", 0.9))],
+        Head(nn.Linear(8, 3)),
+        (1, 4, 4),
+    ).double()
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    y = torch.tensor([2, 0, 1])
+    torch.manual_seed(41)
+    got = gradient(get("adf", output="sample"), model, x, y, ce)
+
+    def loss():
+        torch.manual_seed(41)
+        mu, nu = hand_moments(model, x, 0.81)
+        return ce(mu + torch.sqrt(nu) * torch.randn_like(mu), y).mean()
+
+    assert_same(got, hand_value(model, loss))
 
 
 @pytest.mark.parametrize("name, output", [("adf", "sample"), ("local_reparam", "sample")])
