@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 DATA_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data train test lint bench clean
+.PHONY: setup data train test lint bench mutate clean
 
 $(BIN)/sbnkit: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,13 +26,18 @@ train: setup data
 	$(BIN)/sbnkit train configs/fmnist_default.toml --out runs/fmnist_default --overwrite
 
 test: setup
-	$(BIN)/ruff check sbnkit tests benchmarks experiments
-	$(BIN)/ruff format --check sbnkit tests benchmarks experiments
+	$(BIN)/ruff check sbnkit tests benchmarks experiments tools
+	$(BIN)/ruff format --check sbnkit tests benchmarks experiments tools
 	$(BIN)/python -m pytest
 
+# Mutation testing over the chosen modules (tools/mutate.py; scores are recorded in TESTING.md).
+MUTANTS ?= 40
+mutate: setup
+	OMP_NUM_THREADS=1 $(BIN)/python tools/mutate.py --max-mutants $(MUTANTS) --report runs/mutation-report.md
+
 lint: setup
-	$(BIN)/ruff check --fix sbnkit tests benchmarks experiments
-	$(BIN)/ruff format sbnkit tests benchmarks experiments
+	$(BIN)/ruff check --fix sbnkit tests benchmarks experiments tools
+	$(BIN)/ruff format sbnkit tests benchmarks experiments tools
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -119,3 +119,59 @@ def test_bad_inputs_raise_one_line_errors(call, fragment):
         call()
     message = str(info.value)
     assert fragment in message and "\n" not in message
+
+
+def test_local_factories_set_the_documented_rules():
+    from sbnkit.units import Rule
+
+    est = sbnkit.estimators.get
+    assert est("st").rule == Rule("st", "noise") and est("st").name == "st"
+    assert est("st", proxy="tanh").rule == Rule("st", "tanh")
+    assert est("hard_st").rule == Rule("st", "htanh") and est("hard_st").name == "hard_st"
+    assert est("det_st").rule == Rule("det_st", "htanh", beta=5.0)
+    assert est("det_st", proxy="swishsign", beta=2.0).rule == Rule("det_st", "swishsign", beta=2.0)
+    assert est("concrete").rule == Rule("concrete", tau=1.0) and est("concrete").name == "concrete"
+    assert est("mean").rule == Rule("mean") and est("mean").name == "mean"
+
+
+def _hand_local_surrogate(name, a, gen):
+    """The hidden states of a one-hidden-layer SBN (logistic noise of scale 1), by hand: the
+    forward ``value`` with the backward of ``f`` (straight-through: ``value + f - f.detach()``)."""
+    sig = torch.sigmoid(a)
+    if name in ("st", "hard_st"):
+        value = torch.where(torch.rand(a.shape, generator=gen, dtype=a.dtype) < sig, 1.0, -1.0)
+    else:
+        value = torch.where(a >= 0, 1.0, -1.0)
+    if name == "st":
+        f = 2 * sig - 1  # f' = 2 p(a)
+    elif name in ("hard_st", "det_st"):
+        f = a.clamp(-1, 1)  # f' = 1[|a| <= 1]
+    elif name == "concrete":
+        u = torch.rand(a.shape, generator=gen, dtype=a.dtype)
+        u = u.clamp(torch.finfo(a.dtype).eps, 1 - torch.finfo(a.dtype).eps)
+        return torch.tanh((a - torch.log(u / (1 - u))) / 2)
+    else:
+        return 2 * sig - 1
+    return value.double() + f - f.detach()
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_local_estimators_give_the_hand_computed_loss_and_gradient(name):
+    """Beside the smoke test above: values. The generator replays the estimator's draws."""
+    torch.manual_seed(0)
+    model = sbnkit.models.mlp([4, 5, 3]).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    torch.manual_seed(9)
+    loss = sbnkit.estimators.get(name).loss(model, x, y)
+    got = torch.autograd.grad(loss, list(model.parameters()))
+    stage, head = model.stages[0].op, model.head.linear
+    h = _hand_local_surrogate(
+        name, x @ stage.weight.T + stage.bias, torch.Generator().manual_seed(9)
+    )
+    want_loss = F.cross_entropy(h @ head.weight.T + head.bias, y)
+    want = torch.autograd.grad(want_loss, list(model.parameters()))
+    torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=1e-14)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
+    assert all(g.abs().sum() > 0 for g in got)

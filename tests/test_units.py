@@ -121,6 +121,22 @@ def test_extreme_preactivations_give_finite_values_and_gradients(rule, nz, dtype
     assert torch.isfinite(out).all() and torch.isfinite(g).all()
 
 
+def test_rules_are_frozen_values():
+    rule = Rule("det_st", "tanh")
+    assert rule == Rule("det_st", "tanh") and hash(rule) == hash(Rule("det_st", "tanh"))
+    assert Rule() == Rule("st", None, 1.0, 5.0)
+    with pytest.raises(AttributeError):
+        rule.kind = "st"
+
+
+def test_uniform_st_backward_includes_the_edges_like_htanh():
+    a = torch.tensor([-2.0, -1.0, 1.0, 2.0], dtype=torch.float64)
+    _, g = backward_of(BinaryUnit("uniform", 1.0, "st"), a)
+    torch.testing.assert_close(g, torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64))
+    _, g = backward_of(BinaryUnit("uniform", 2.0, "st"), 2 * a)
+    torch.testing.assert_close(g, torch.tensor([0.0, 0.5, 0.5, 0.0], dtype=torch.float64))
+
+
 def test_using_rule_restores_the_rules():
     units = torch.nn.Sequential(BinaryUnit(rule="st"), BinaryUnit(rule="mean"))
     with using_rule(units, "det_st"):

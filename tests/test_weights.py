@@ -9,6 +9,7 @@ from torch.nn.utils import parametrize
 
 import sbnkit
 from sbnkit.errors import UserError
+from sbnkit.units import sign
 from sbnkit.weights import (
     BernoulliWeight,
     binarize,
@@ -66,12 +67,26 @@ def test_sgd_on_latents_is_mirror_descent_on_the_mean():
 
 
 def test_latent_weight_decay_is_the_entropy_gradient():
-    """With the entropic map, ∇_μ(-H(μ)) = atanh(μ) = η: decay on η is the KL-to-uniform term."""
-    mu = torch.tensor([-0.8, -0.1, 0.3, 0.95], dtype=torch.float64, requires_grad=True)
+    """Weight decay c on sbnkit's latents η is mirror descent on c·KL(q ‖ uniform) over the
+    weight means μ = E[w]: with the entropic map, tanh(atanh(μ) - ε c ∇_μ KL(μ)) is the new
+    mean, where KL(μ) = Σ p log p + (1 - p) log(1 - p) + log 2 with p = P(w = +1) = (1 + μ)/2."""
+    lin = make_binary(nn.Linear(2, 2, bias=False).double(), mode="mean")
+    eta = latent_parameters(lin)[0]
+    with torch.no_grad():
+        eta.copy_(torch.tensor([[-1.1, -0.1], [0.3, 1.8]], dtype=torch.float64))
+    bern = lin.parametrizations.weight[0]
+    mu = lin.weight.detach().clone().requires_grad_(True)
+    torch.testing.assert_close(bern.noise.cdf(eta.detach()), (1 + mu.detach()) / 2)
     p = (1 + mu) / 2
-    neg_entropy = (p * p.log() + (1 - p) * (1 - p).log()).sum()
-    (g,) = torch.autograd.grad(neg_entropy, mu)
-    torch.testing.assert_close(g, torch.atanh(mu.detach()))
+    kl = (p * p.log() + (1 - p) * (1 - p).log() + math.log(2)).sum()
+    (g_kl,) = torch.autograd.grad(kl, mu)
+    eps, c = 0.1, 0.5
+    opt = torch.optim.SGD([eta], lr=eps, weight_decay=c)
+    (0.0 * lin.weight.sum()).backward()  # no loss: the step is the decay alone
+    opt.step()
+    torch.testing.assert_close(
+        lin.weight.detach(), torch.tanh(torch.atanh(mu.detach()) - eps * c * g_kl)
+    )
 
 
 def test_clip_projects_latents():
@@ -120,6 +135,7 @@ def test_using_weight_mode_restores():
     [
         lambda: BernoulliWeight(mode="argmax"),
         lambda: BernoulliWeight(clip=-1.0),
+        lambda: BernoulliWeight(clip=0.0),
         lambda: BernoulliWeight("cauchy"),
         lambda: make_binary(nn.ReLU()),
     ],
@@ -134,3 +150,59 @@ def test_init_scale_sets_latent_spread():
     lin = make_binary(nn.Linear(100, 100), init_scale=1.0)
     std = float(lin.parametrizations.weight.original.detach().std())
     assert math.isclose(std, 1.0, rel_tol=1e-5)
+
+
+def test_right_inverse_scales_by_the_std_and_clips():
+    w0 = torch.tensor([[1.0, -3.0], [2.0, 0.5]], dtype=torch.float64)
+    got = BernoulliWeight(init_scale=2.0).right_inverse(w0)
+    torch.testing.assert_close(got, 2.0 * w0 / w0.std())
+    clipped = BernoulliWeight(clip=0.7, init_scale=2.0).right_inverse(w0)
+    torch.testing.assert_close(clipped, (2.0 * w0 / w0.std()).clamp(-0.7, 0.7))
+    one = torch.tensor([-4.0], dtype=torch.float64)  # a single weight: divided by its magnitude
+    torch.testing.assert_close(BernoulliWeight(init_scale=0.5).right_inverse(one), one / 8)
+    zero = torch.zeros(3, dtype=torch.float64)
+    assert torch.equal(BernoulliWeight().right_inverse(zero), zero)
+
+
+def test_defaults_are_logistic_half_sampled_unclipped():
+    p = BernoulliWeight()
+    assert isinstance(p.noise, sbnkit.noise.Logistic) and p.noise.scale == 0.5
+    assert p.mode == "sample" and p.clip is None and p.init_scale == 1.0
+
+
+def test_clip_latents_leaves_unclipped_parametrizations_alone():
+    model = nn.Sequential(make_binary(nn.Linear(3, 3), clip=0.5), make_binary(nn.Linear(3, 3)))
+    values = torch.tensor([[-2.0, -0.3, 0.1], [0.5, 0.7, 2.0], [-0.5, -0.6, 0.0]])
+    with torch.no_grad():
+        for eta in latent_parameters(model):
+            eta.copy_(values)
+    clip_latents_(model)
+    first, second = latent_parameters(model)
+    assert torch.equal(first, values.clamp(-0.5, 0.5)) and torch.equal(second, values)
+
+
+def test_binarize_keeps_bias_training_flag_and_conv_geometry():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=1, bias=True).double()
+    lin = nn.Linear(4, 2, bias=False).double()
+    model = nn.Sequential(make_binary(conv), make_binary(lin))
+    model[1].eval()
+    plain = binarize(model)
+    assert isinstance(plain[0], nn.Conv2d) and isinstance(plain[1], nn.Linear)
+    assert plain[0].stride == (2, 2) and plain[0].padding == (1, 1) and plain[1].bias is None
+    assert plain[0].training and not plain[1].training
+    assert torch.equal(plain[0].bias, conv.bias) and plain[0].weight.dtype == torch.float64
+    for got, ref in ((plain[0], conv), (plain[1], lin)):
+        assert torch.equal(got.weight, sign(ref.parametrizations.weight.original.detach()))
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    with using_weight_mode(model, "mode"):
+        torch.testing.assert_close(plain[0](x), model[0](x))
+
+
+def test_using_weight_mode_refuses_unknown_modes_and_restores_after_errors():
+    model = sbnkit.models.mlp([3, 4, 2], binary_weights=True, weight_mode="mean")
+    with pytest.raises(UserError), using_weight_mode(model, "argmax"):
+        pass
+    with pytest.raises(RuntimeError), using_weight_mode(model, "sample"):
+        raise RuntimeError
+    assert model.stages[0].op.parametrizations.weight[0].mode == "mean"
