@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbnkit import binarize, cli, deploy, models
+from sbnkit import binarize, cli, deploy, models, optim
 from sbnkit.deploy import format as deploy_format
 from sbnkit.deploy.engine import popcount_numba, popcount_numpy, signed_sum_numba
 from sbnkit.deploy.fold import fold_threshold
 from sbnkit.deploy.packing import dot_reference, pack_signs, unpack_signs, words_for
 from sbnkit.errors import UserError
+from sbnkit.inference import predict_proba
 from sbnkit.network import SBN, Head, Stage
 from sbnkit.train import checkpoint, parse_config
 from sbnkit.train.loop import build_model
@@ -401,3 +402,18 @@ def test_cli_summary_and_export(tmp_path, capsys):
         assert "header.npy" in z.namelist()
     header, _ = deploy_format.read(out)
     assert header["semantics"]["sign"].startswith("sign(0) = +1")
+
+
+@pytest.mark.parametrize("method", ["adaste", "bop", "md_tanh_s", "bayesbinn", "binaryconnect"])
+def test_every_binary_weight_method_exports_its_sign_weights(tmp_path, method):
+    """An SBN trained with any binary-weight method exports the mode network's ±1 weights."""
+    torch.manual_seed(0)
+    model = models.mlp([20, 8, 8, 3], norm="batch", binary_weights=False)
+    optim.attach(model, method, modules=[s.op for s in model.stages])
+    model.eval()
+    x = torch.randn(5, 20)
+    deploy.export(model, tmp_path / "m.npz")
+    engine = deploy.load(tmp_path / "m.npz")
+    want = predict_proba(model, x).log()
+    got = torch.from_numpy(engine.predict(x.numpy())).log_softmax(1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

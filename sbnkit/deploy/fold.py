@@ -41,7 +41,7 @@ from torch.nn.utils import parametrize
 from ..errors import UserError
 from ..network import SBN, ChannelAffine, Head, Stage
 from ..units import BinaryUnit
-from ..weights import BernoulliWeight
+from ..weights import LatentWeight
 from .packing import pack_signs
 
 __all__ = ["Layer", "fold_model", "fold_threshold"]
@@ -61,13 +61,12 @@ def _mode_weight(op: nn.Linear | nn.Conv2d) -> tuple[torch.Tensor, bool]:
     """The op's weight in the mode network and whether it is binary (all entries ``±1``)."""
     if parametrize.is_parametrized(op, "weight"):
         chain = list(op.parametrizations.weight)
-        if len(chain) != 1 or not isinstance(chain[0], BernoulliWeight):
+        if len(chain) != 1 or not isinstance(chain[0], LatentWeight):
             raise UserError(
-                "only Bernoulli weight parametrizations can be exported; "
+                "only sbnkit's binary-weight parametrizations can be exported; "
                 "remove other parametrizations first"
             )
-        eta = op.parametrizations.weight.original.detach()
-        return torch.where(eta >= 0, 1.0, -1.0).to(eta.dtype), True
+        return chain[0].binary(op.parametrizations.weight.original.detach()), True
     w = op.weight.detach()
     return w, bool((w.abs() == 1).all())
 
