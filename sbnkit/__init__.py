@@ -7,7 +7,7 @@ from .errors import UserError
 from .inference import evaluate_batches, predict_proba
 from .network import SBN, ChannelAffine, Head, Stage
 from .units import BinaryUnit, Rule, using_rule
-from .weights import BernoulliWeight, binarize, make_binary
+from .weights import BernoulliWeight, binarize, make_binary, using_weight_mode
 
 __all__ = [
     "SBN",
@@ -28,5 +28,6 @@ __all__ = [
     "predict_proba",
     "units",
     "using_rule",
+    "using_weight_mode",
     "weights",
 ]

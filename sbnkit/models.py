@@ -185,7 +185,11 @@ def data_init_(model: SBN, x: torch.Tensor) -> None:
             x = stage(x)
             continue
         op = stage.op
-        trainable = stage.norm is None and "weight" in op._parameters and op.bias is not None
+        trainable = (
+            stage.norm is None
+            and not nn.utils.parametrize.is_parametrized(op, "weight")
+            and op.bias is not None
+        )
         if trainable:
             t = op(x)
             dims = [d for d in range(t.dim()) if d != 1]

@@ -19,14 +19,13 @@ BatchNorm must be in eval mode (batch statistics would couple the examples).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
 from ..network import SBN, Stage
 from ..noise import Noise
 from .base import Estimator, LossFn, per_example
-from .walk import path_modules, sampled_bernoulli
+from .walk import apply_op, path_modules, sampled_bernoulli
 
 
 def refuse_batchnorm_training(mods: list[nn.Module], estimator: str) -> None:
@@ -95,10 +94,7 @@ def _apply_op(op: nn.Module, x: torch.Tensor, weights: torch.Tensor | None) -> t
     nw = weights.shape[0]
     stacked = weights.reshape(nw * weights.shape[1], *weights.shape[2:])
     bias = None if op.bias is None else op.bias.repeat(nw)
-    if isinstance(op, nn.Linear):
-        out = F.linear(x, stacked, bias)
-    else:
-        out = op._conv_forward(x, stacked, bias)
+    out = apply_op(op, x, stacked, bias)
     out = out.view(x.shape[0], nw, -1, *out.shape[2:])
     return out.transpose(0, 1)
 

@@ -51,11 +51,23 @@ def sampled_bernoulli(op: nn.Module) -> BernoulliWeight | None:
     return bern[0]
 
 
+def apply_op(
+    op: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``op``'s map (a Linear, or a Conv2d with its stride, padding, dilation and groups) with
+    an explicit ``weight`` and ``bias``. Raises :class:`UserError` for a conv padding mode
+    other than zeros."""
+    if isinstance(op, nn.Linear):
+        return F.linear(x, weight, bias)
+    if op.padding_mode != "zeros":
+        raise UserError(
+            f"path estimators need zero-padded convs, got padding_mode={op.padding_mode!r}"
+        )
+    return F.conv2d(x, weight, bias, op.stride, op.padding, op.dilation, op.groups)
+
+
 def op_with_weight(
     op: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: bool = True
 ) -> torch.Tensor:
     """``op(x)`` (a Linear or Conv2d) with an explicit ``weight``, and its bias if ``bias``."""
-    b = op.bias if bias else None
-    if isinstance(op, nn.Linear):
-        return F.linear(x, weight, b)
-    return op._conv_forward(x, weight, b)
+    return apply_op(op, x, weight, op.bias if bias else None)

@@ -47,9 +47,9 @@ from .reference import (
 from .series import (
     N_MAX,
     SeriesUnsupportedError,
-    _max_step,
     flip_delta_conv2d_series,
     flip_delta_dense_series,
+    max_step,
     remainder_bounds,
     select_order,
     series_supported,
@@ -109,7 +109,7 @@ def choose_kernel(
         return kernel
     if order is not None:
         return "series"
-    n = select_order(_max_step(W), tol)
+    n = select_order(max_step(W), tol)
     if W.device.type != "cpu":
         return "reference" if n is None else "series"
     return "series" if n is not None and _series_cheaper(n, a, W) else "fused"

@@ -148,14 +148,14 @@ def select_order(r: float, tol: float = 1e-3) -> int | None:
     return None
 
 
-def _max_step(W: torch.Tensor) -> float:
+def max_step(W: torch.Tensor) -> float:
     """``r = max 2|W|``."""
     return 2 * float(W.abs().max()) if W.numel() else 0.0
 
 
 def series_supported(W: torch.Tensor, tol: float = 1e-3) -> bool:
     """Whether ``order=None`` can meet ``tol`` for weights ``W`` with ``N ≤ N_MAX``."""
-    return select_order(_max_step(W), tol) is not None
+    return select_order(max_step(W), tol) is not None
 
 
 def _order(W: torch.Tensor, tol: float, order: int | None) -> int:
@@ -165,7 +165,7 @@ def _order(W: torch.Tensor, tol: float, order: int | None) -> int:
                 f"series kernel: order must be an int in [1, {ORDER_LIMIT}], got {order!r}"
             )
         return order
-    r = _max_step(W)
+    r = max_step(W)
     n = select_order(r, tol)
     if n is None:
         raise SeriesUnsupportedError(
