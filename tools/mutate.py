@@ -46,7 +46,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "sbnkit/estimators/score.py": ["tests/test_score.py", "tests/test_path_estimators.py"],
     "sbnkit/estimators/adf.py": ["tests/test_adf.py", "tests/test_path_estimators.py"],
     "sbnkit/estimators/local.py": ["tests/test_estimator_interface.py"],
-    "sbnkit/inference.py": ["tests/test_inference.py"],
+    "sbnkit/inference.py": ["tests/test_inference.py", "tests/test_metrics.py"],
     "sbnkit/data/idx.py": ["tests/test_idx.py", "tests/test_data.py"],
 }
 
