@@ -104,13 +104,13 @@ def _check_sizes(sizes: Sequence[int], what: str, minimum: int) -> list[int]:
     return sizes
 
 
-def mlp(sizes: Sequence[int], **options) -> SBN:
+def mlp(sizes: Sequence[int], *, input_shape: Sequence[int] | None = None, **options) -> SBN:
     """``sizes = [in, h1, ..., hk, out]``: k binary stages (Linear → [norm] → unit), Linear head.
 
-    Inputs of any shape ``[B, ...]`` with ``in`` features are accepted after flattening only if
-    ``in`` equals the flattened size; pass ``input_shape`` to accept e.g. ``[B, 1, 28, 28]``.
+    Inputs are ``[B, in]``; pass ``input_shape`` (e.g. ``(1, 28, 28)``) to accept images, which
+    are flattened first. ``options``: the unit and weight options shared by every builder (noise,
+    norm, binary weights, ...). Raises :class:`UserError` for bad sizes or options.
     """
-    input_shape = options.pop("input_shape", None)
     sizes = _check_sizes(sizes, "mlp sizes", 3)
     b = _Builder(**options)
     has_bias = b.norm is None
