@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sbnkit.compare import mean_std
+
 ESTIMATORS = ("psa", "st", "hard_st", "concrete", "reinforce", "adf")
 PLAN = (("mlp", 1), ("conv", 1), ("mlp", 2), ("mlp", 3))  # mlp: 3 seeds, conv: 1 seed
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +49,7 @@ def run_one(arch: str, seed: int, estimator: str, out: Path, extra: list[str]) -
 
 def _cell(rows: list[dict], key: str, scale: float = 100.0, digits: int = 2) -> str:
     """Mean (± standard deviation over seeds) of ``key`` in ``rows``."""
-    vals = [r[key] * scale for r in rows]
-    mean = statistics.fmean(vals)
-    if len(vals) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+    return mean_std([r[key] for r in rows], scale, digits)
 
 
 def summarise(results: list[dict]) -> str:

@@ -39,7 +39,7 @@ from .devices import resolve_device
 from .distributed import leave
 from .errors import ArgumentParser, Stopped, StopSignal, UserError
 from .inference import EVAL_MODES, SAMPLE_CHOICES, resolve_sample
-from .lrsearch import LR_KEYS, check_search, lr_search, with_lr
+from .lrsearch import LR_KEYS, check_search, lr_search, lr_values, with_lr
 from .plots import plot_runs
 from .provenance import provenance
 from .runfolder import RunFolder, check_folder
@@ -420,7 +420,7 @@ def _lr_search(args: argparse.Namespace) -> int:
         summary = {
             "trials": [vars(t) for t in trials],
             "best_log10_lr": best.log10_lr,
-            "chosen": {k: _lookup(chosen.to_dict(), k) for k in keys},
+            "chosen": lr_values(chosen, keys),
             "epochs_per_trial": args.epochs,
         }
         rf.write_text("lr_search.json", json.dumps(summary, indent=1, default=str) + "\n")
@@ -429,12 +429,6 @@ def _lr_search(args: argparse.Namespace) -> int:
     lrs = ", ".join(f"{k} = {v:.4g}" for k, v in summary["chosen"].items())
     print(f"chosen: {lrs} (final training loss {best.loss:.4f}); config in {rf.path}/best.toml")
     return 0
-
-
-def _lookup(tree: dict, key: str) -> object:
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
 
 
 def _compare(args: argparse.Namespace) -> int:

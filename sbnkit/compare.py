@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["COLUMNS", "RunSpec", "plan", "plot", "summarise", "train_all"]
+__all__ = ["COLUMNS", "RunSpec", "mean_std", "plan", "plot", "summarise", "train_all"]
 
 COLUMNS = (
     ("test_acc_mode", "test acc (mode)", 100.0),
@@ -90,11 +90,13 @@ def train_all(
     return results
 
 
-def _cell(values: list[float], scale: float) -> str:
+def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``"mean ± std"`` of ``values`` times ``scale`` (sample standard deviation; the mean alone
+    for one value)."""
     mean = statistics.fmean(values) * scale
     if len(values) == 1:
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {statistics.stdev(values) * scale:.2f}"
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
 def summarise(runs: Sequence[RunSpec], metrics: dict[str, dict]) -> tuple[str, dict]:
@@ -110,7 +112,7 @@ def summarise(runs: Sequence[RunSpec], metrics: dict[str, dict]) -> tuple[str, d
     header = "| config | seeds | " + " | ".join(t for _, t, _ in COLUMNS) + " | s/epoch |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
     for config, row in by_config.items():
-        cells = [_cell(row[key], scale) for key, _, scale in COLUMNS]
+        cells = [mean_std(row[key], scale) for key, _, scale in COLUMNS]
         seconds = statistics.fmean(row["s_per_epoch"])
         lines.append(
             f"| {config} | {len(row['s_per_epoch'])} | " + " | ".join(cells) + f" | {seconds:.1f} |"

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 from .errors import UserError
 
-__all__ = ["DEVICE_NAMES", "DeviceName", "NoImplicitDevice", "resolve_device"]
+__all__ = ["DEVICE_NAMES", "NoImplicitDevice", "resolve_device"]
 
-DeviceName = Literal["auto", "cpu", "cuda", "mps"] | str
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 _PACKAGE = str(Path(__file__).resolve().parent)

@@ -17,9 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .train import Config, config_from_dict, fit, prepare
+from .train import Config, build_model, config_from_dict, fit, prepare
+from .weights import latent_parameters
 
-__all__ = ["LR_KEYS", "Trial", "check_search", "golden_section", "lr_search", "plot", "with_lr"]
+__all__ = [
+    "LR_KEYS",
+    "Trial",
+    "check_search",
+    "golden_section",
+    "lr_search",
+    "lr_values",
+    "plot",
+    "with_lr",
+]
 
 LR_KEYS = ("optim.latent.lr", "optim.real.lr")
 _GOLD = (math.sqrt(5.0) - 1.0) / 2.0
@@ -68,22 +78,37 @@ def golden_section(
     return seen
 
 
+def _slot(tree: dict, key: str) -> tuple[dict, str]:
+    """The dict holding the dotted ``key`` of a config tree, and the key's last part; raises
+    :class:`UserError` unless it names a number."""
+    node: object = tree
+    *path, last = key.split(".")
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or not isinstance(node.get(last), (int, float)):
+        raise UserError(f"{key} is not a learning-rate key of the config; try {LR_KEYS}")
+    return node, last
+
+
+def lr_values(cfg: Config, keys: Sequence[str]) -> dict[str, float]:
+    """``{key: value}`` of the learning-rate ``keys`` (dotted) of ``cfg``. Raises
+    :class:`UserError` for an unknown key."""
+    tree = cfg.to_dict()
+    values = {}
+    for key in keys:
+        node, last = _slot(tree, key)
+        values[key] = float(node[last])
+    return values
+
+
 def with_lr(cfg: Config, keys: Sequence[str], log10_lr: float) -> Config:
     """``cfg`` with the first of ``keys`` at ``10**log10_lr``, the others scaled alike, and a
     constant learning rate. Raises :class:`UserError` for an unknown key."""
+    old = lr_values(cfg, keys)
     tree = cfg.to_dict()
-    values = []
     for key in keys:
-        node = tree
-        *path, last = key.split(".")
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or not isinstance(node.get(last), (int, float)):
-            raise UserError(f"{key} is not a learning-rate key of the config; try {LR_KEYS}")
-        values.append((node, last, float(node[last])))
-    base = values[0][2]
-    for node, last, value in values:
-        node[last] = 10.0**log10_lr * value / base
+        node, last = _slot(tree, key)
+        node[last] = 10.0**log10_lr * old[key] / old[keys[0]]
     tree["train"]["lr_schedule"] = "constant"
     return config_from_dict(tree)
 
@@ -106,10 +131,8 @@ def lr_search(
     check_search(low, high, trials, epochs)
     base = config_from_dict(cfg.to_dict())
     base.train.epochs = epochs
-    probe = prepare(base)
-    used = [
-        k for k in keys if not (k.startswith("optim.latent") and "latent" not in probe.optimizers)
-    ]
+    has_latents = bool(latent_parameters(build_model(base)))
+    used = [k for k in keys if has_latents or not k.startswith("optim.latent")]
     if not used:
         raise UserError(f"none of {list(keys)} is used by this model")
 
