@@ -53,15 +53,21 @@ def build(name: str) -> SBN:
     torch.manual_seed(0)
     if name == "mlp":
         model = models.mlp(
-            [784, 4096, 4096, 10],
-            input_shape=(1, 28, 28),
+            (1, 28, 28),
+            10,
+            hidden=(4096, 4096),
             norm="batch",
             binary_weights=True,
             weight_mode="mode",
         )
     else:
         model = models.convnet(
-            1, 10, (16, 32, 64), 28, norm="batch", binary_weights=True, weight_mode="mode"
+            (1, 28, 28),
+            10,
+            channels=(16, 32, 64),
+            norm="batch",
+            binary_weights=True,
+            weight_mode="mode",
         )
     for m in model.modules():
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):

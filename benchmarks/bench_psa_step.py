@@ -34,7 +34,7 @@ METHODS = {
 def setup(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """CIFAR_S1 with the PSA paper's data-dependent init on a random batch of 64 images."""
     torch.manual_seed(seed)
-    model = cifar_s1()
+    model = cifar_s1((3, 32, 32), 10)
     x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
     data_init_(model, x)
     return model, x, y

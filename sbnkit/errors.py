@@ -4,12 +4,26 @@ errors are :class:`UserError` s."""
 
 import argparse
 
+__all__ = ["ArgumentParser", "OptionError", "StopSignal", "Stopped", "UserError"]
+
 
 class UserError(ValueError):
     """Bad input from the user: a wrong shape, value, name, config key or data file.
 
     The message is a single line that names the problem and how to fix it.
     """
+
+
+class OptionError(UserError):
+    """A bad value of the keyword option ``option`` of a builder or estimator.
+
+    The message starts with the option's name, so that a caller that took the option from a
+    config can prefix it with the config's section (``model.noise ...``).
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class Stopped(BaseException):

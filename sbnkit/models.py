@@ -1,147 +1,416 @@
-"""Model builders: the plain SBN MLP of the papers, a conv SBN for 28×28 inputs, CIFAR_S1, and
-the binary-weight networks with real ReLU activations of AdaSTE and BayesBiNN (``vgg16``,
-``resnet18``, ``vgg_binaryconnect``, ``mlp_binaryconnect``, each with a ``width`` multiplier).
+"""Model builders and their registry.
 
-Common options (all builders):
+Every builder takes ``(input_shape, num_classes, *, options)``: the shape of one example (e.g.
+``(1, 28, 28)``), the number of classes, then keyword-only options, each with its default. It
+checks its own options and whether the input shape fits (one-line :class:`UserError` s naming
+the option and the model). :func:`register` adds a builder to :data:`MODELS`::
+
+    @sbnkit.models.register("tiny")
+    def tiny(input_shape, num_classes, *, hidden: int = 16) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden),
+                             sbnkit.BinaryUnit(), nn.Linear(hidden, num_classes))
+
+The registered builders are the stochastic binary networks (:class:`~sbnkit.network.SBN`)
+``mlp``, ``convnet`` (28×28-like images) and ``cifar_s1`` (the PSA paper's CIFAR net), and the
+binary-weight networks with real ReLU activations of AdaSTE and BayesBiNN, ``vgg16``,
+``resnet18``, ``vgg_binaryconnect`` and ``mlp_binaryconnect``, each with a ``width`` multiplier.
+
+Options of the SBN builders besides their sizes:
 
 * ``noise``/``noise_scale``: the units' injected noise (default logistic of scale 1, as in PSA);
-* ``norm``: ``None`` (plain SBN), ``"batch"`` (BatchNorm) or ``"affine"`` (per-channel scale/shift)
-  between each op and its unit;
-* ``binary_weights``: Bernoulli ``±1`` weights on every hidden op (``binary_first=False`` keeps the
-  first, pixel-reading layer real; ``binary_head=True`` binarizes the output Linear too);
-  ``weight_noise``/``weight_noise_scale``/``weight_mode``/``latent_clip`` configure them
-  (see :mod:`sbnkit.weights`);
-* ``rule``: the units' default rule when the model is called directly;
-* ``weight``: a factory of the binary-weight parametrization (default Bernoulli weights with the
-  ``weight_*`` options), e.g. a method's from :mod:`sbnkit.optim`.
+* ``norm``: ``None`` or ``"none"`` (plain SBN), ``"batch"`` (BatchNorm) or ``"affine"``
+  (per-channel scale/shift) between each op and its unit;
+* ``rule``: the units' default rule when the model is called directly.
+
+Binary-weight options of every builder:
+
+* ``binary_weights``: binary ``±1`` weights on every hidden op (``binary_first=False`` keeps the
+  first, pixel-reading layer real; ``binary_head`` binarizes the output Linear too);
+* ``weight``: a factory of the binary-weight parametrization, e.g. a method's from
+  :mod:`sbnkit.optim`; by default Bernoulli weights (:class:`~sbnkit.weights.BernoulliWeight`)
+  of ``weight_noise``/``weight_noise_scale``/``weight_mode``/``latent_clip`` (``None`` or ``0``:
+  no clipping).
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
+import math
+import numbers
 from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-from .network import SBN, ChannelAffine, Head, Stage, along
-from .units import BinaryUnit
-from .weights import BernoulliWeight, LatentWeight, make_binary
+from .errors import OptionError, UserError
+from .network import SBN, ChannelAffine, Head, Pool, Stage, along
+from .noise import NOISE_NAMES, NoiseName
+from .units import RULES, BinaryUnit, RuleKind
+from .weights import WEIGHT_MODES, BernoulliWeight, LatentWeight, WeightMode, make_binary
 
-NORMS = (None, "batch", "affine")
+__all__ = [
+    "CIFAR_S1_LAYERS",
+    "MODELS",
+    "NORMS",
+    "VGG16_LAYERS",
+    "VGG_BINARYCONNECT_LAYERS",
+    "BasicBlock",
+    "Norm",
+    "ResNet18",
+    "WeightFactory",
+    "builder_options",
+    "cifar_s1",
+    "convnet",
+    "data_init_",
+    "get",
+    "mlp",
+    "mlp_binaryconnect",
+    "names",
+    "register",
+    "resnet18",
+    "vgg16",
+    "vgg_binaryconnect",
+]
+
+Norm = Literal["batch", "affine", "none"]
+NORMS: tuple[str, ...] = get_args(Norm)
+WeightFactory = Callable[[], LatentWeight]
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+"""The registered builders by name (filled by :func:`register`)."""
 
 
-def _norm(kind: str | None, channels: int, conv: bool) -> nn.Module | None:
-    if kind is None:
-        return None
-    if kind == "batch":
-        return nn.BatchNorm2d(channels) if conv else nn.BatchNorm1d(channels)
-    if kind == "affine":
-        return ChannelAffine(channels)
-    raise UserError(f"unknown norm {kind!r}; known norms: none, batch, affine")
+def _signature_problem(builder: Callable[..., Any]) -> str:
+    """Why ``builder`` does not take ``(input_shape, num_classes, *, options)``, or ``""``."""
+    params = list(inspect.signature(builder).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) < 2 or any(p.kind not in positional for p in params[:2]):
+        return "it must take input_shape and num_classes as its first two parameters"
+    for p in params[2:]:
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            return f"parameter {p.name!r} must be keyword-only (after a bare *)"
+        if p.default is inspect.Parameter.empty:
+            return f"option {p.name!r} needs a default"
+    return ""
 
 
-class _Builder:
-    """Shared option handling for the builders below."""
+def _input_shape(model: str, input_shape: Sequence[int]) -> tuple[int, ...]:
+    ok = isinstance(input_shape, Sequence) and len(input_shape) > 0
+    if ok and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in input_shape):
+        shape = tuple(int(s) for s in input_shape)
+        if all(s > 0 for s in shape):
+            return shape
+    raise UserError(
+        f"model {model!r}: input_shape must be a non-empty sequence of positive integers, "
+        f"e.g. (1, 28, 28), got {input_shape!r}"
+    )
+
+
+def _num_classes(model: str, num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        num_classes = 0
+    if num_classes < 1:
+        raise UserError(f"model {model!r}: num_classes must be a positive integer")
+    return int(num_classes)
+
+
+def register(name: str, *, replace: bool = False) -> Callable[[Builder], Builder]:
+    """A decorator that adds a builder to :data:`MODELS` as ``name`` and returns it checked.
+
+    The builder must take ``(input_shape, num_classes, *, options)``, every option keyword-only
+    with a default. The registered function (which the decorator returns) first checks that
+    ``input_shape`` is a non-empty sequence of positive integers (passed on as a tuple) and
+    ``num_classes`` a positive integer, and refuses an unknown option naming the known ones.
+    Raises :class:`UserError` for a builder of another signature, and for a name already
+    registered unless ``replace``.
+    """
+
+    def decorate(builder: Builder) -> Builder:
+        problem = _signature_problem(builder)
+        if problem:
+            raise UserError(f"cannot register model builder {name!r}: {problem}")
+        if name in MODELS and not replace:
+            raise UserError(
+                f"model {name!r} is already registered; pass replace=True to replace it"
+            )
+        known = list(inspect.signature(builder).parameters)[2:]
+
+        @functools.wraps(builder)
+        def checked(input_shape: Sequence[int], num_classes: int, **options: Any) -> nn.Module:
+            for key in options:
+                if key not in known:
+                    raise UserError(_unknown_option(name, key, known))
+            shape = _input_shape(name, input_shape)
+            return builder(shape, _num_classes(name, num_classes), **options)
+
+        MODELS[name] = checked
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
+
+def _unknown_option(model: str, key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    listed = ", ".join(known) if known else "none"
+    return f"unknown option {key!r} for model {model!r}; {hint}known options: {listed}"
+
+
+def names() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(MODELS)
+
+
+def get(name: str) -> Callable[..., nn.Module]:
+    """The builder registered as ``name``. Raises :class:`UserError` for an unknown name."""
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(names())}")
+    return MODELS[name]
+
+
+def builder_options(name: str) -> dict[str, Any]:
+    """The keyword options of the builder ``name`` with their defaults (from its signature).
+    Raises :class:`UserError` for an unknown name."""
+    params = list(inspect.signature(get(name)).parameters.values())[2:]
+    return {p.name: p.default for p in params}
+
+
+def _choice(model: str, option: str, value: Any, choices: Sequence[str], what: str) -> Any:
+    if value not in choices:
+        raise OptionError(
+            option,
+            f"{option} must be one of {', '.join(choices)} (the known {what}), got {value!r} "
+            f"(model {model!r})",
+        )
+    return value
+
+
+def _positive(model: str, option: str, value: Any) -> float:
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise OptionError(option, f"{option} must be positive, got {value!r} (model {model!r})")
+    return float(value)
+
+
+def _flag(model: str, option: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(
+            option, f"{option} must be true or false, got {value!r} (model {model!r})"
+        )
+    return value
+
+
+def _sizes(model: str, option: str, sizes: Any) -> list[int]:
+    ok = isinstance(sizes, Sequence) and not isinstance(sizes, str) and len(sizes) > 0
+    if not ok or any(
+        not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 1 for s in sizes
+    ):
+        raise OptionError(
+            option,
+            f"{option} must be a non-empty array of positive integers (the {model} sizes between "
+            f"input and classes), got {sizes!r}",
+        )
+    return [int(s) for s in sizes]
+
+
+def _image(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(channels, height, width)``, or a :class:`UserError` for non-image input."""
+    if len(input_shape) != 3:
+        raise UserError(
+            f"model {model!r} needs image data of shape (channels, height, width), got input "
+            f"shape {input_shape}; use model 'mlp', which flattens any input"
+        )
+    c, h, w = input_shape
+    return c, h, w
+
+
+class _BinaryWeights:
+    """The checked binary-weight options shared by every builder."""
 
     def __init__(
         self,
-        noise: str = "logistic",
-        noise_scale: float = 1.0,
-        norm: str | None = None,
-        binary_weights: bool = False,
-        binary_first: bool = True,
-        binary_head: bool = False,
-        weight_noise: str = "logistic",
-        weight_noise_scale: float = 0.5,
-        weight_mode: str = "sample",
-        latent_clip: float | None = None,
-        rule: str = "st",
-        weight: Callable[[], LatentWeight] | None = None,
+        model: str,
+        binary_weights: bool,
+        binary_first: bool,
+        binary_head: bool,
+        weight_noise: NoiseName,
+        weight_noise_scale: float,
+        weight_mode: WeightMode,
+        latent_clip: float | None,
+        weight: WeightFactory | None,
     ) -> None:
-        if norm == "none":
-            norm = None
-        if norm not in NORMS:
-            raise UserError(f"unknown norm {norm!r}; known norms: none, batch, affine")
-        self.noise, self.noise_scale, self.norm, self.rule = noise, noise_scale, norm, rule
-        self.binary_weights, self.binary_first, self.binary_head = (
-            binary_weights,
-            binary_first,
-            binary_head,
-        )
-        self.weight_options = dict(
-            noise=weight_noise, scale=weight_noise_scale, mode=weight_mode, clip=latent_clip
+        self.enabled = _flag(model, "binary_weights", binary_weights)
+        self.first = _flag(model, "binary_first", binary_first)
+        self.head = _flag(model, "binary_head", binary_head)
+        _choice(model, "weight_noise", weight_noise, NOISE_NAMES, "noises")
+        _positive(model, "weight_noise_scale", weight_noise_scale)
+        _choice(model, "weight_mode", weight_mode, WEIGHT_MODES, "modes")
+        if latent_clip is not None and not (
+            isinstance(latent_clip, numbers.Real) and latent_clip >= 0
+        ):
+            raise OptionError(
+                "latent_clip",
+                f"latent_clip must be non-negative (0 or None: no clipping), got {latent_clip!r} "
+                f"(model {model!r})",
+            )
+        if weight is not None and not callable(weight):
+            raise OptionError(
+                "weight", f"weight must be a factory of parametrizations (model {model!r})"
+            )
+        self.bernoulli = dict(
+            noise=weight_noise,
+            scale=weight_noise_scale,
+            mode=weight_mode,
+            clip=float(latent_clip) if latent_clip else None,
         )
         self.weight = weight
 
-    def binary(self, op: nn.Linear | nn.Conv2d) -> None:
-        """Register the binary-weight parametrization on ``op``."""
-        if self.weight is not None:
-            make_binary(op, self.weight())
-        else:
-            make_binary(op, **self.weight_options)
+    def make(self) -> LatentWeight:
+        """A new parametrization: ``weight()``, or the Bernoulli weights of the options."""
+        return self.weight() if self.weight is not None else BernoulliWeight(**self.bernoulli)
+
+    def apply(self, op: nn.Linear | nn.Conv2d, first: bool = False, head: bool = False) -> None:
+        """Binarize ``op``'s weight if the options ask for it (``first``/``head``: the first
+        op, the output Linear)."""
+        if self.enabled and (self.first or not first) and (self.head or not head):
+            make_binary(op, self.make())
+
+
+class _Units:
+    """The checked unit options of the SBN builders: stages and head from them."""
+
+    def __init__(
+        self,
+        model: str,
+        noise: NoiseName,
+        noise_scale: float,
+        norm: Norm | None,
+        rule: RuleKind,
+        weights: _BinaryWeights,
+    ) -> None:
+        self.noise = _choice(model, "noise", noise, NOISE_NAMES, "noises")
+        self.noise_scale = _positive(model, "noise_scale", noise_scale)
+        self.norm = None if norm is None else _choice(model, "norm", norm, NORMS, "norms")
+        self.norm = None if self.norm == "none" else self.norm
+        self.rule = _choice(model, "rule", rule, RULES, "rules")
+        self.weights = weights
+        self.bias = self.norm is None  # a norm's shift replaces the op's bias
 
     def stage(self, op: nn.Linear | nn.Conv2d, first: bool) -> Stage:
+        """``op`` (binarized as asked) → [norm] → binary unit."""
         conv = isinstance(op, nn.Conv2d)
         channels = op.out_channels if conv else op.out_features
-        if self.binary_weights and (self.binary_first or not first):
-            self.binary(op)
+        self.weights.apply(op, first=first)
         unit = BinaryUnit(self.noise, self.noise_scale, self.rule)
-        return Stage(op, unit, _norm(self.norm, channels, conv))
+        norm: nn.Module | None = None
+        if self.norm == "batch":
+            norm = nn.BatchNorm2d(channels) if conv else nn.BatchNorm1d(channels)
+        elif self.norm == "affine":
+            norm = ChannelAffine(channels)
+        return Stage(op, unit, norm)
 
-    def head(self, in_features: int, num_classes: int, pool: str) -> Head:
+    def head(self, in_features: int, num_classes: int, pool: Pool) -> Head:
+        """The real output Linear (binarized if ``binary_head``) after ``pool``."""
         linear = nn.Linear(in_features, num_classes)
-        if self.binary_weights and self.binary_head:
-            self.binary(linear)
+        self.weights.apply(linear, head=True)
         return Head(linear, pool)
 
 
-def _check_sizes(sizes: Sequence[int], what: str, minimum: int) -> list[int]:
-    sizes = list(sizes)
-    if len(sizes) < minimum or any(not isinstance(s, int) or s <= 0 for s in sizes):
-        raise UserError(f"{what} must be at least {minimum} positive integers, got {sizes!r}")
-    return sizes
-
-
-def mlp(sizes: Sequence[int], *, input_shape: Sequence[int] | None = None, **options) -> SBN:
-    """``sizes = [in, h1, ..., hk, out]``: k binary stages (Linear → [norm] → unit), Linear head.
-
-    Inputs are ``[B, in]``; pass ``input_shape`` (e.g. ``(1, 28, 28)``) to accept images, which
-    are flattened first. ``options``: the unit and weight options shared by every builder (noise,
-    norm, binary weights, ...). Raises :class:`UserError` for bad sizes or options.
-    """
-    sizes = _check_sizes(sizes, "mlp sizes", 3)
-    b = _Builder(**options)
-    has_bias = b.norm is None
-    stages: list[nn.Module] = []
-    if input_shape is not None and tuple(input_shape) != (sizes[0],):
-        stages.append(nn.Flatten())
-    for k, (n_in, n_out) in enumerate(zip(sizes[:-2], sizes[1:-1], strict=True)):
-        stages.append(b.stage(nn.Linear(n_in, n_out, bias=has_bias), first=k == 0))
-    return SBN(stages, b.head(sizes[-2], sizes[-1], "flatten"), input_shape or (sizes[0],))
-
-
-def convnet(
-    in_channels: int = 1,
-    num_classes: int = 10,
-    channels: Sequence[int] = (32, 64, 128),
-    image_size: int = 28,
-    **options,
+@register("mlp")
+def mlp(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    hidden: Sequence[int] = (1024, 1024),
+    noise: NoiseName = "logistic",
+    noise_scale: float = 1.0,
+    norm: Norm | None = None,
+    rule: RuleKind = "st",
+    binary_weights: bool = False,
+    binary_first: bool = True,
+    binary_head: bool = False,
+    weight_noise: NoiseName = "logistic",
+    weight_noise_scale: float = 0.5,
+    weight_mode: WeightMode = "sample",
+    latent_clip: float | None = None,
+    weight: WeightFactory | None = None,
 ) -> SBN:
-    """A conv SBN for small images: 3×3 convs (stride 1, then stride 2), global-average head.
+    """The plain SBN MLP of the papers: one binary stage (Linear → [norm] → unit) per ``hidden``
+    size, then a Linear head. Inputs of more than one dimension are flattened first.
+
+    Options: see the module docstring. Raises :class:`UserError` for a bad option.
+    """
+    hidden = _sizes("mlp", "hidden", hidden)
+    weights = _BinaryWeights(
+        "mlp",
+        binary_weights,
+        binary_first,
+        binary_head,
+        weight_noise,
+        weight_noise_scale,
+        weight_mode,
+        latent_clip,
+        weight,
+    )
+    units = _Units("mlp", noise, noise_scale, norm, rule, weights)
+    sizes = [math.prod(input_shape), *hidden]
+    stages: list[nn.Module] = [] if len(input_shape) == 1 else [nn.Flatten()]
+    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        stages.append(units.stage(nn.Linear(n_in, n_out, bias=units.bias), first=k == 0))
+    return SBN(stages, units.head(sizes[-1], num_classes, "flatten"), input_shape)
+
+
+@register("convnet")
+def convnet(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    channels: Sequence[int] = (32, 64, 128),
+    noise: NoiseName = "logistic",
+    noise_scale: float = 1.0,
+    norm: Norm | None = None,
+    rule: RuleKind = "st",
+    binary_weights: bool = False,
+    binary_first: bool = True,
+    binary_head: bool = False,
+    weight_noise: NoiseName = "logistic",
+    weight_noise_scale: float = 0.5,
+    weight_mode: WeightMode = "sample",
+    latent_clip: float | None = None,
+    weight: WeightFactory | None = None,
+) -> SBN:
+    """A conv SBN for small images ``(C, H, W)``: 3×3 convs (stride 1, then stride 2) with
+    ``channels`` outputs, a global-average head.
 
     Layer i > 0 halves the resolution with stride 2 (no pooling, so path estimators apply).
+    Options: see the module docstring. Raises :class:`UserError` for a bad option or input
+    that is not an image.
     """
-    channels = _check_sizes(channels, "convnet channels", 1)
-    b = _Builder(**options)
-    has_bias = b.norm is None
-    stages, c_in = [], in_channels
+    channels = _sizes("convnet", "channels", channels)
+    weights = _BinaryWeights(
+        "convnet",
+        binary_weights,
+        binary_first,
+        binary_head,
+        weight_noise,
+        weight_noise_scale,
+        weight_mode,
+        latent_clip,
+        weight,
+    )
+    units = _Units("convnet", noise, noise_scale, norm, rule, weights)
+    c_in = _image("convnet", input_shape)[0]
+    stages = []
     for k, c_out in enumerate(channels):
-        conv = nn.Conv2d(c_in, c_out, 3, stride=1 if k == 0 else 2, padding=1, bias=has_bias)
-        stages.append(b.stage(conv, first=k == 0))
+        conv = nn.Conv2d(c_in, c_out, 3, stride=1 if k == 0 else 2, padding=1, bias=units.bias)
+        stages.append(units.stage(conv, first=k == 0))
         c_in = c_out
-    return SBN(stages, b.head(c_in, num_classes, "avg"), (in_channels, image_size, image_size))
+    return SBN(stages, units.head(c_in, num_classes, "avg"), input_shape)
 
 
 CIFAR_S1_LAYERS = (  # (out channels, kernel, stride): the PSA paper's all-conv SBN, no padding
@@ -156,22 +425,55 @@ CIFAR_S1_LAYERS = (  # (out channels, kernel, stride): the PSA paper's all-conv 
 )
 
 
-def cifar_s1(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, **options) -> SBN:
+@register("cifar_s1")
+def cifar_s1(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    noise: NoiseName = "logistic",
+    noise_scale: float = 1.0,
+    norm: Norm | None = None,
+    rule: RuleKind = "st",
+    binary_weights: bool = False,
+    binary_first: bool = True,
+    binary_head: bool = False,
+    weight_noise: NoiseName = "logistic",
+    weight_noise_scale: float = 0.5,
+    weight_mode: WeightMode = "sample",
+    latent_clip: float | None = None,
+    weight: WeightFactory | None = None,
+) -> SBN:
     """CIFAR_S1 of the PSA paper (Shekhovtsov, Yanush & Flach 2020, CIFAR-10 experiment): 8
-    binary conv stages, flatten, Linear(768 → 10)."""
-    b = _Builder(**options)
-    has_bias = b.norm is None
-    stages, c_in, size = [], in_channels, image_size
-    for k, (c_out, kernel, stride) in enumerate(CIFAR_S1_LAYERS):
-        stages.append(b.stage(nn.Conv2d(c_in, c_out, kernel, stride, bias=has_bias), k == 0))
-        c_in, size = c_out, (size - kernel) // stride + 1
-    if size < 1:
-        raise UserError(f"image_size {image_size} is too small for cifar_s1; use 32")
-    return SBN(
-        stages,
-        b.head(c_in * size * size, num_classes, "flatten"),
-        (in_channels, image_size, image_size),
+    binary conv stages (:data:`CIFAR_S1_LAYERS`), flatten, Linear (768 → 10 for 32×32 images).
+
+    Options: see the module docstring. Raises :class:`UserError` for a bad option, or input
+    that is not an image or is too small.
+    """
+    weights = _BinaryWeights(
+        "cifar_s1",
+        binary_weights,
+        binary_first,
+        binary_head,
+        weight_noise,
+        weight_noise_scale,
+        weight_mode,
+        latent_clip,
+        weight,
     )
+    units = _Units("cifar_s1", noise, noise_scale, norm, rule, weights)
+    c_in, height, width = _image("cifar_s1", input_shape)
+    stages = []
+    for k, (c_out, kernel, stride) in enumerate(CIFAR_S1_LAYERS):
+        conv = nn.Conv2d(c_in, c_out, kernel, stride, bias=units.bias)
+        stages.append(units.stage(conv, first=k == 0))
+        c_in = c_out
+        height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+    if height < 1 or width < 1:
+        raise UserError(
+            f"input shape {input_shape} is too small for model 'cifar_s1'; use 32×32 images"
+        )
+    head = units.head(c_in * height * width, num_classes, "flatten")
+    return SBN(stages, head, input_shape)
 
 
 @torch.no_grad()
@@ -199,40 +501,19 @@ def data_init_(model: SBN, x: torch.Tensor) -> None:
         x = stage.unit.noise.mean_fn(stage.preactivation(x))
 
 
-MODELS = {"mlp": mlp, "convnet": convnet, "cifar_s1": cifar_s1}
-
-
 # Binary-weight networks with real ReLU activations (the AdaSTE and BayesBiNN settings).
-
-WeightFactory = Callable[[], LatentWeight]
 
 
 def _width(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-def _check_width(width: float) -> float:
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise UserError(f"width must be a positive number, got {width!r}")
-    return float(width)
-
-
-def _binarize_ops(
-    model: nn.Module,
-    binary_weights: bool,
-    binary_first: bool,
-    binary_head: bool,
-    weight: WeightFactory | None,
-) -> nn.Module:
-    """Register ``weight()`` (default Bernoulli weights) on each Linear/Conv2d of ``model``, in
-    module order; ``binary_first`` / ``binary_head`` cover the first and the last of them."""
-    if not binary_weights:
-        return model
+def _binarize_ops(model: nn.Module, weights: _BinaryWeights) -> nn.Module:
+    """Binarize each Linear/Conv2d of ``model`` in module order as ``weights`` asks; its
+    ``binary_first`` / ``binary_head`` cover the first and the last of them."""
     ops = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     for k, op in enumerate(ops):
-        if (k == 0 and not binary_first) or (k == len(ops) - 1 and not binary_head):
-            continue
-        make_binary(op, weight() if weight is not None else BernoulliWeight())
+        weights.apply(op, first=k == 0, head=k == len(ops) - 1)
     return model
 
 
@@ -265,18 +546,18 @@ VGG_BINARYCONNECT_LAYERS = (128, 128, "M", 256, 256, "M", 512, 512, "M")
 
 
 def _vgg(
+    model: str,
     layers: Sequence[int | str],
     hidden: Sequence[int],
-    in_channels: int,
+    input_shape: tuple[int, ...],
     num_classes: int,
-    image_size: int,
     width: float,
 ) -> nn.Sequential:
     """3×3 convs (padding 1, no bias) → [2×2 max-pool after a block's last conv] → BN (no affine)
     → ReLU, then Linear (no bias) → BN → ReLU per ``hidden`` size, Linear → BN on the logits."""
-    width = _check_width(width)
+    width = _positive(model, "width", width)
+    c_in, height, size_w = _image(model, input_shape)
     mods: list[nn.Module] = []
-    c_in, size = in_channels, image_size
     for k, item in enumerate(layers):
         if item == "M":
             continue
@@ -284,13 +565,13 @@ def _vgg(
         mods.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False))
         if k + 1 < len(layers) and layers[k + 1] == "M":
             mods.append(nn.MaxPool2d(2))
-            size //= 2
+            height, size_w = height // 2, size_w // 2
         mods += [_bn(c_out, True), nn.ReLU()]
         c_in = c_out
-    if size < 1:
-        raise UserError(f"image_size {image_size} is too small for this VGG; use 32")
+    if height < 1 or size_w < 1:
+        raise UserError(f"input shape {input_shape} is too small for model {model!r}; use 32×32")
     mods.append(nn.Flatten())
-    n_in = c_in * size * size
+    n_in = c_in * height * size_w
     for h in hidden:
         n_out = _width(h, width)
         mods += [nn.Linear(n_in, n_out, bias=False), _bn(n_out, False), nn.ReLU()]
@@ -299,63 +580,123 @@ def _vgg(
     return nn.Sequential(*mods)
 
 
+@register("vgg16")
 def vgg16(
-    in_channels: int = 3,
-    num_classes: int = 10,
-    image_size: int = 32,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
     width: float = 1.0,
     binary_weights: bool = True,
     binary_first: bool = True,
     binary_head: bool = True,
+    weight_noise: NoiseName = "logistic",
+    weight_noise_scale: float = 0.5,
+    weight_mode: WeightMode = "sample",
+    latent_clip: float | None = None,
     weight: WeightFactory | None = None,
 ) -> nn.Sequential:
     """VGG16 of the AdaSTE code (Le et al., 2022): 13 convs
     64-64-M-128-128-M-256×3-M-512×3-M-512×3-M (pool before BN), FC 512-512, FC to the classes,
     BatchNorm without affine after every layer (eps 1e-5, momentum 0.2) including the logits;
     real ReLU activations. Channel and FC widths are multiplied by ``width``.
-    ``binary_weights``: ``weight()`` (default Bernoulli) on every
-    conv/FC weight (``binary_first`` / ``binary_head`` for the first conv / the last FC)."""
-    model = _vgg(VGG16_LAYERS, (512, 512), in_channels, num_classes, image_size, width)
-    return _binarize_ops(model, binary_weights, binary_first, binary_head, weight)
+
+    Binary weights on every conv/FC weight by default (module docstring). Raises
+    :class:`UserError` for a bad option, or input that is not an image or is too small.
+    """
+    weights = _BinaryWeights(
+        "vgg16",
+        binary_weights,
+        binary_first,
+        binary_head,
+        weight_noise,
+        weight_noise_scale,
+        weight_mode,
+        latent_clip,
+        weight,
+    )
+    model = _vgg("vgg16", VGG16_LAYERS, (512, 512), input_shape, num_classes, width)
+    return _binarize_ops(model, weights)
 
 
+@register("vgg_binaryconnect")
 def vgg_binaryconnect(
-    in_channels: int = 3,
-    num_classes: int = 10,
-    image_size: int = 32,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
     width: float = 1.0,
     binary_weights: bool = True,
     binary_first: bool = True,
     binary_head: bool = True,
+    weight_noise: NoiseName = "logistic",
+    weight_noise_scale: float = 0.5,
+    weight_mode: WeightMode = "sample",
+    latent_clip: float | None = None,
     weight: WeightFactory | None = None,
 ) -> nn.Sequential:
     """BayesBiNN's VGG-like CIFAR net (Meng et al., 2020; from BinaryConnect):
     128-128-M-256-256-M-512-512-M, FC 1024-1024, FC to the classes, no biases, BatchNorm without
     affine (momentum 0.2) after every layer including the logits, ReLU; widths times ``width``.
-    Options as in :func:`vgg16`."""
-    model = _vgg(
-        VGG_BINARYCONNECT_LAYERS, (1024, 1024), in_channels, num_classes, image_size, width
+
+    Options and errors as in :func:`vgg16`.
+    """
+    weights = _BinaryWeights(
+        "vgg_binaryconnect",
+        binary_weights,
+        binary_first,
+        binary_head,
+        weight_noise,
+        weight_noise_scale,
+        weight_mode,
+        latent_clip,
+        weight,
     )
-    return _binarize_ops(model, binary_weights, binary_first, binary_head, weight)
+    model = _vgg(
+        "vgg_binaryconnect",
+        VGG_BINARYCONNECT_LAYERS,
+        (1024, 1024),
+        input_shape,
+        num_classes,
+        width,
+    )
+    return _binarize_ops(model, weights)
 
 
+@register("mlp_binaryconnect")
 def mlp_binaryconnect(
-    in_features: int = 784,
-    num_classes: int = 10,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
     width: float = 1.0,
-    input_shape: Sequence[int] | None = None,
     binary_weights: bool = True,
     binary_first: bool = True,
     binary_head: bool = True,
+    weight_noise: NoiseName = "logistic",
+    weight_noise_scale: float = 0.5,
+    weight_mode: WeightMode = "sample",
+    latent_clip: float | None = None,
     weight: WeightFactory | None = None,
 ) -> nn.Sequential:
     """BayesBiNN's MNIST MLP (Meng et al., 2020): dropout 0.2 on the input, three hidden layers
     of 2048·``width`` units (Linear without bias → BatchNorm without affine, eps 1e-4,
     momentum 0.15 → ReLU → dropout 0.2), Linear → BatchNorm on the logits. Inputs of any shape
-    are flattened. Options as in :func:`vgg16`."""
-    width = _check_width(width)
+    are flattened.
+
+    Binary weights as in :func:`vgg16`. Raises :class:`UserError` for a bad option.
+    """
+    weights = _BinaryWeights(
+        "mlp_binaryconnect",
+        binary_weights,
+        binary_first,
+        binary_head,
+        weight_noise,
+        weight_noise_scale,
+        weight_mode,
+        latent_clip,
+        weight,
+    )
+    width = _positive("mlp_binaryconnect", "width", width)
     mods: list[nn.Module] = [nn.Flatten(), nn.Dropout(0.2)]
-    n_in = in_features
+    n_in = math.prod(input_shape)
     for _ in range(3):
         n_out = _width(2048, width)
         mods += [
@@ -366,7 +707,7 @@ def mlp_binaryconnect(
         ]
         n_in = n_out
     mods += [nn.Linear(n_in, num_classes, bias=False), _bn(num_classes, False, 1e-4, 0.15)]
-    return _binarize_ops(nn.Sequential(*mods), binary_weights, binary_first, binary_head, weight)
+    return _binarize_ops(nn.Sequential(*mods), weights)
 
 
 class BasicBlock(nn.Module):
@@ -392,30 +733,36 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 of the AdaSTE code (CIFAR variant): conv3×3 stem (stride 1, or 2 for 64×64
-    images), blocks [2, 2, 2, 2] of widths 64/128/256/512 (times ``width``) with strides
-    1/2/2/2, 4×4 average pooling, Linear (with bias) → BatchNorm on the logits; BN without affine
-    everywhere, real ReLU activations."""
+    """ResNet-18 of the AdaSTE code (CIFAR variant) for images ``input_shape = (C, H, W)``:
+    conv3×3 stem (stride 1, or 2 for 64×64 images), blocks [2, 2, 2, 2] of widths
+    64/128/256/512 (times ``width``) with strides 1/2/2/2, 4×4 average pooling, Linear (with
+    bias) → BatchNorm on the logits; BN without affine everywhere, real ReLU activations.
 
-    def __init__(
-        self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, width: float = 1.0
-    ) -> None:
+    Raises :class:`UserError` for a non-positive ``width``, or input that is not an image or is
+    too small.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> None:
         super().__init__()
-        width = _check_width(width)
-        stem_stride = 2 if image_size == 64 else 1
+        width = _positive("resnet18", "width", width)
+        c_in, height, size_w = _image("resnet18", tuple(input_shape))
+        stem_stride = 2 if (height, size_w) == (64, 64) else 1
         c = _width(64, width)
-        self.conv1 = nn.Conv2d(in_channels, c, 3, stem_stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(c_in, c, 3, stem_stride, 1, bias=False)
         self.bn1 = _bn(c, True)
         blocks: list[nn.Module] = []
-        c_in, size = c, image_size // stem_stride
+        c_in, height, size_w = c, height // stem_stride, size_w // stem_stride
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             c_out = _width(planes, width)
             blocks += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
-            c_in, size = c_out, (size - 1) // stride + 1
-        if size < 4:
-            raise UserError(f"image_size {image_size} is too small for resnet18; use 32")
+            c_in = c_out
+            height, size_w = (height - 1) // stride + 1, (size_w - 1) // stride + 1
+        if height < 4 or size_w < 4:
+            raise UserError(
+                f"input shape {tuple(input_shape)} is too small for model 'resnet18'; use 32×32"
+            )
         self.layers = nn.Sequential(*blocks)
-        self.linear = nn.Linear(c_in * (size // 4) ** 2, num_classes)
+        self.linear = nn.Linear(c_in * (height // 4) * (size_w // 4), num_classes)
         self.bn_out = _bn(num_classes, False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -424,25 +771,32 @@ class ResNet18(nn.Module):
         return self.bn_out(self.linear(out))
 
 
+@register("resnet18")
 def resnet18(
-    in_channels: int = 3,
-    num_classes: int = 10,
-    image_size: int = 32,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
     width: float = 1.0,
     binary_weights: bool = True,
     binary_first: bool = True,
     binary_head: bool = True,
+    weight_noise: NoiseName = "logistic",
+    weight_noise_scale: float = 0.5,
+    weight_mode: WeightMode = "sample",
+    latent_clip: float | None = None,
     weight: WeightFactory | None = None,
 ) -> ResNet18:
     """:class:`ResNet18` with binary conv and Linear weights (the Linear's bias stays real;
-    shortcut convs are binary too). Options as in :func:`vgg16`."""
-    model = ResNet18(in_channels, num_classes, image_size, width)
-    return _binarize_ops(model, binary_weights, binary_first, binary_head, weight)
-
-
-MODELS.update(
-    vgg16=vgg16,
-    resnet18=resnet18,
-    vgg_binaryconnect=vgg_binaryconnect,
-    mlp_binaryconnect=mlp_binaryconnect,
-)
+    shortcut convs are binary too). Options and errors as in :func:`vgg16`."""
+    weights = _BinaryWeights(
+        "resnet18",
+        binary_weights,
+        binary_first,
+        binary_head,
+        weight_noise,
+        weight_noise_scale,
+        weight_mode,
+        latent_clip,
+        weight,
+    )
+    return _binarize_ops(ResNet18(input_shape, num_classes, width), weights)

@@ -11,12 +11,27 @@ estimators.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from .errors import UserError
 from .units import BinaryUnit
+
+__all__ = [
+    "POOLS",
+    "SBN",
+    "ChannelAffine",
+    "Head",
+    "Pool",
+    "Stage",
+    "along",
+    "check_batch_tensor",
+]
+
+Pool = Literal["flatten", "avg"]
+POOLS: tuple[str, ...] = get_args(Pool)
 
 
 def along(v: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
@@ -71,7 +86,8 @@ class ChannelAffine(nn.Module):
 
 
 class Stage(nn.Module):
-    """``x -> unit(norm(op(x)))`` with ``op`` a Linear or Conv2d and ``norm`` optional."""
+    """``x -> unit(norm(op(x)))`` with ``op`` a Linear or Conv2d and ``norm`` optional (BatchNorm
+    or :class:`ChannelAffine`). Raises :class:`UserError` for another op or norm."""
 
     def __init__(
         self, op: nn.Linear | nn.Conv2d, unit: BinaryUnit, norm: nn.Module | None = None
@@ -116,12 +132,13 @@ class Stage(nn.Module):
 
 
 class Head(nn.Module):
-    """The real output layer: ``flatten`` or global ``avg`` pooling, then a Linear."""
+    """The real output layer: ``flatten`` or global ``avg`` pooling, then a Linear. Raises
+    :class:`UserError` for an unknown ``pool``."""
 
-    def __init__(self, linear: nn.Linear, pool: str = "flatten") -> None:
+    def __init__(self, linear: nn.Linear, pool: Pool = "flatten") -> None:
         super().__init__()
-        if pool not in ("flatten", "avg"):
-            raise UserError(f"unknown head pooling {pool!r}; known: flatten, avg")
+        if pool not in POOLS:
+            raise UserError(f"unknown head pooling {pool!r}; known: {', '.join(POOLS)}")
         self.linear = linear
         self.pool = pool
 
@@ -151,6 +168,7 @@ class SBN(nn.Module):
 
     @property
     def num_outputs(self) -> int:
+        """The number of outputs (classes) of the head."""
         return self.head.linear.out_features
 
     def check_input(self, x: torch.Tensor) -> None:

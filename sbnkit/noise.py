@@ -8,11 +8,27 @@ A unit is ``x = sign(a - z)`` with ``z`` drawn from a symmetric density ``p`` wi
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+
+__all__ = [
+    "NOISES",
+    "NOISE_NAMES",
+    "Logistic",
+    "Noise",
+    "NoiseName",
+    "Normal",
+    "Triangular",
+    "Uniform",
+    "get",
+]
+
+NoiseName = Literal["logistic", "uniform", "triangular", "normal"]
+NOISE_NAMES: tuple[str, ...] = get_args(NoiseName)
 
 
 class Noise:
@@ -157,8 +173,10 @@ NOISES: dict[str, type[Noise]] = {
 }
 
 
-def get(name: str | Noise, scale: float = 1.0) -> Noise:
-    """A noise by name (``logistic``, ``uniform``, ``triangular``, ``normal``) and scale."""
+def get(name: NoiseName | Noise, scale: float = 1.0) -> Noise:
+    """A noise by name (``logistic``, ``uniform``, ``triangular``, ``normal``) and scale;
+    a :class:`Noise` is returned as it is. Raises :class:`UserError` for an unknown name or a
+    scale that is not a positive finite number."""
     if isinstance(name, Noise):
         return name
     if name not in NOISES:

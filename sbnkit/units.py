@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -43,8 +44,24 @@ from torch import nn
 from . import noise as noise_lib
 from .errors import UserError
 
-RULES = ("st", "det_st", "concrete", "mean")
-PROXIES = ("noise", "identity", "htanh", "tanh", "approxsign", "swishsign")
+__all__ = [
+    "PROXIES",
+    "RULES",
+    "BinaryUnit",
+    "ProxyName",
+    "Rule",
+    "RuleKind",
+    "SignWithProxy",
+    "binary_units",
+    "proxy_grad",
+    "sign",
+    "using_rule",
+]
+
+RuleKind = Literal["st", "det_st", "concrete", "mean"]
+ProxyName = Literal["noise", "identity", "htanh", "tanh", "approxsign", "swishsign"]
+RULES: tuple[str, ...] = get_args(RuleKind)
+PROXIES: tuple[str, ...] = get_args(ProxyName)
 
 
 def sign(t: torch.Tensor) -> torch.Tensor:
@@ -52,8 +69,11 @@ def sign(t: torch.Tensor) -> torch.Tensor:
     return (t >= 0).to(t.dtype).mul_(2.0).sub_(1.0)
 
 
-def proxy_grad(name: str, a: torch.Tensor, noise: noise_lib.Noise, beta: float) -> torch.Tensor:
-    """The derivative ``f'(a)`` of the named proxy (see the module table)."""
+def proxy_grad(
+    name: ProxyName, a: torch.Tensor, noise: noise_lib.Noise, beta: float
+) -> torch.Tensor:
+    """The derivative ``f'(a)`` of the named proxy (see the module table). Raises
+    :class:`UserError` for an unknown proxy."""
     if name == "noise":
         return noise.mean_grad(a)
     if name == "identity":
@@ -91,10 +111,11 @@ class SignWithProxy(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class Rule:
-    """How a unit computes its forward value and its backward factor."""
+    """How a unit computes its forward value and its backward factor. Raises
+    :class:`UserError` for an unknown ``kind`` or ``proxy``, or a non-positive ``tau``."""
 
-    kind: str = "st"
-    proxy: str | None = None
+    kind: RuleKind = "st"
+    proxy: ProxyName | None = None
     tau: float = 1.0
     beta: float = 5.0
 
@@ -118,11 +139,15 @@ class BinaryUnit(nn.Module):
     """A layer of stochastic binary units ``x = sign(a - z)``, ``z ~ noise``, states ``±1``.
 
     ``rule`` (a :class:`Rule` or its kind) sets the forward/backward behaviour; estimators and
-    evaluation switch it temporarily with :func:`using_rule`.
+    evaluation switch it temporarily with :func:`using_rule`. Raises :class:`UserError` for an
+    unknown noise or rule, or a bad noise scale.
     """
 
     def __init__(
-        self, noise: str | noise_lib.Noise = "logistic", scale: float = 1.0, rule: Rule | str = "st"
+        self,
+        noise: noise_lib.NoiseName | noise_lib.Noise = "logistic",
+        scale: float = 1.0,
+        rule: Rule | RuleKind = "st",
     ) -> None:
         super().__init__()
         self.noise = noise_lib.get(noise, scale)
@@ -158,8 +183,9 @@ def binary_units(model: nn.Module) -> list[BinaryUnit]:
 
 
 @contextmanager
-def using_rule(model: nn.Module, rule: Rule | str) -> Iterator[None]:
-    """Temporarily give every binary unit of ``model`` the same rule."""
+def using_rule(model: nn.Module, rule: Rule | RuleKind) -> Iterator[None]:
+    """Temporarily give every binary unit of ``model`` the same rule. Raises
+    :class:`UserError` for an unknown rule."""
     rule = rule if isinstance(rule, Rule) else Rule(rule)
     units = binary_units(model)
     saved = [u.rule for u in units]

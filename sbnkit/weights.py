@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -35,10 +36,9 @@ from . import noise as noise_lib
 from .errors import UserError
 from .units import sign
 
-WEIGHT_MODES = ("sample", "mode", "mean")
-
 __all__ = [
     "WEIGHT_MODES",
+    "WeightMode",
     "BernoulliWeight",
     "LatentWeight",
     "bernoulli_parametrizations",
@@ -49,8 +49,12 @@ __all__ = [
     "latent_parameters",
     "make_binary",
     "real_parameters",
+    "straight_through",
     "using_weight_mode",
 ]
+
+WeightMode = Literal["sample", "mode", "mean"]
+WEIGHT_MODES: tuple[str, ...] = get_args(WeightMode)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -82,7 +86,7 @@ class LatentWeight(nn.Module):
     :func:`binarize` writes.
     """
 
-    mode: str = "mode"
+    mode: WeightMode = "mode"
     clip: float | None = None
 
     def binary(self, latent: torch.Tensor) -> torch.Tensor:
@@ -94,14 +98,15 @@ class BernoulliWeight(LatentWeight):
     """Parametrization ``η -> w`` of Bernoulli ``±1`` weights (see the module docstring).
 
     ``init_scale``: when registered on a float weight ``w0``, the latent starts at
-    ``η = init_scale · w0 / std(w0)``.
+    ``η = init_scale · w0 / std(w0)``. Raises :class:`UserError` for an unknown noise or mode,
+    a bad noise scale or a non-positive ``clip``.
     """
 
     def __init__(
         self,
-        noise: str | noise_lib.Noise = "logistic",
+        noise: noise_lib.NoiseName | noise_lib.Noise = "logistic",
         scale: float = 0.5,
-        mode: str = "sample",
+        mode: WeightMode = "sample",
         clip: float | None = None,
         init_scale: float = 1.0,
     ) -> None:
@@ -131,25 +136,20 @@ class BernoulliWeight(LatentWeight):
         return f"noise={self.noise!r}, mode={self.mode}, clip={self.clip}"
 
 
-def check_weight_mode(mode: str) -> str:
+def check_weight_mode(mode: str) -> WeightMode:
     """``mode`` if it is a known weight mode, else a :class:`UserError`."""
     if mode not in WEIGHT_MODES:
         raise UserError(f"unknown weight mode {mode!r}; known modes: {', '.join(WEIGHT_MODES)}")
-    return mode
+    return mode  # type: ignore[return-value]
 
 
-def make_binary(
-    module: nn.Module, parametrization: LatentWeight | None = None, **options
-) -> nn.Module:
-    """Register ``parametrization`` (default ``BernoulliWeight(**options)``) on ``module.weight``
-    (a Linear or Conv2d) in place. Raises :class:`UserError` for other modules."""
+def make_binary(module: nn.Module, parametrization: LatentWeight | None = None) -> nn.Module:
+    """Register ``parametrization`` (default ``BernoulliWeight()``; pass e.g.
+    ``BernoulliWeight(mode="mean")`` for other options) on ``module.weight`` (a Linear or
+    Conv2d) in place; returns ``module``. Raises :class:`UserError` for other modules."""
     if not isinstance(module, (nn.Linear, nn.Conv2d)):
         raise UserError(f"binary weights need nn.Linear or nn.Conv2d, got {type(module).__name__}")
-    if parametrization is None:
-        parametrization = BernoulliWeight(**options)
-    elif options:
-        raise UserError("pass either a parametrization or BernoulliWeight options, not both")
-    parametrize.register_parametrization(module, "weight", parametrization)
+    parametrize.register_parametrization(module, "weight", parametrization or BernoulliWeight())
     return module
 
 
@@ -191,8 +191,9 @@ def clip_latents_(model: nn.Module) -> None:
 
 
 @contextmanager
-def using_weight_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Temporarily put every binary weight of ``model`` in ``mode``."""
+def using_weight_mode(model: nn.Module, mode: WeightMode) -> Iterator[None]:
+    """Temporarily put every binary weight of ``model`` in ``mode``. Raises :class:`UserError`
+    for an unknown mode."""
     check_weight_mode(mode)
     params = [p for _, p in binary_parametrizations(model)]
     saved = [p.mode for p in params]

@@ -37,7 +37,7 @@ def toy_net(seed: int = 0):
     far from zero and ST is visibly biased.
     """
     gen = torch.Generator().manual_seed(seed)
-    model = models.mlp([2, 5, 5, 5, 1]).double()
+    model = models.mlp((2,), 1, hidden=(5, 5, 5)).double()
     with torch.no_grad():
         for p in model.parameters():
             scale = 2.0 if p.dim() == 2 else 1.0

@@ -111,7 +111,7 @@ def assert_same(got, want):
 
 def two_stage(noise="logistic", scale=0.8, **options):
     torch.manual_seed(6)
-    model = models.mlp([3, 4, 3, 2], noise=noise, noise_scale=scale, **options).double()
+    model = models.mlp((3,), 2, hidden=(4, 3), noise=noise, noise_scale=scale, **options).double()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.5 * torch.randn_like(p))
@@ -153,7 +153,7 @@ def test_adf_with_norms_and_bernoulli_weights_matches_the_hand_recursion(norm):
 def test_adf_on_a_convnet_with_an_average_head_matches_the_hand_recursion(norm, output):
     torch.manual_seed(8)
     model = models.convnet(
-        1, 3, (2, 3), image_size=5, norm=norm, binary_weights=True, binary_first=False
+        (1, 5, 5), 3, channels=(2, 3), norm=norm, binary_weights=True, binary_first=False
     ).double()
     with torch.no_grad():
         for p in model.parameters():

@@ -12,7 +12,7 @@ NAMES = estimators.names()
 
 def _model(norm: str = "none") -> nn.Module:
     torch.manual_seed(0)
-    return models.mlp([4, 3, 3, 2], norm=norm)
+    return models.mlp((4,), 2, hidden=(3, 3), norm=norm)
 
 
 def _batch(n: int, dtype: torch.dtype = torch.float32):

@@ -28,7 +28,7 @@ def _count(model: nn.Module) -> int:
 
 
 def test_vgg16_parameter_count_and_layout():
-    model = vgg16(binary_weights=False)
+    model = vgg16((3, 32, 32), 10, binary_weights=False)
     convs = (
         3 * 64 * 9 + 64 * 64 * 9  # block 1
         + 64 * 128 * 9 + 128 * 128 * 9  # block 2
@@ -50,7 +50,7 @@ def test_vgg16_parameter_count_and_layout():
 
 
 def test_resnet18_parameter_count():
-    model = resnet18(binary_weights=False)
+    model = resnet18((3, 32, 32), 10, binary_weights=False)
     k = 9
     stem = 3 * 64 * k
     layer1 = 4 * 64 * 64 * k
@@ -63,15 +63,15 @@ def test_resnet18_parameter_count():
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert len(bns) == 1 + 16 + 3 + 1 and not any(m.affine for m in bns)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    assert resnet18(image_size=64, binary_weights=False).conv1.stride == (2, 2)
+    assert resnet18((3, 64, 64), 10, binary_weights=False).conv1.stride == (2, 2)
 
 
 def test_binaryconnect_networks_parameter_counts():
-    vgg = vgg_binaryconnect(binary_weights=False)
+    vgg = vgg_binaryconnect((3, 32, 32), 10, binary_weights=False)
     convs = 3 * 128 * 9 + 128 * 128 * 9 + 128 * 256 * 9 + 256 * 256 * 9
     convs += 256 * 512 * 9 + 512 * 512 * 9
     assert _count(vgg) == convs + 512 * 4 * 4 * 1024 + 1024 * 1024 + 1024 * 10 == 14_022_016
-    mlp = mlp_binaryconnect(binary_weights=False)
+    mlp = mlp_binaryconnect((784,), 10, binary_weights=False)
     assert _count(mlp) == 784 * 2048 + 2 * 2048 * 2048 + 2048 * 10 == 10_014_720
     drops = [m.p for m in mlp.modules() if isinstance(m, nn.Dropout)]
     assert drops == [0.2] * 4
@@ -81,29 +81,31 @@ def test_binaryconnect_networks_parameter_counts():
 
 def test_width_multiplier_counts():
     # width 1/8: VGG16 channels 8-8-16-16-32×3-64×3-64×3, FC 64-64
-    small = vgg16(width=0.125, binary_weights=False)
+    small = vgg16((3, 32, 32), 10, width=0.125, binary_weights=False)
     convs = 3 * 8 * 9 + 8 * 8 * 9 + 8 * 16 * 9 + 16 * 16 * 9 + 16 * 32 * 9 + 2 * 32 * 32 * 9
     convs += 32 * 64 * 9 + 5 * 64 * 64 * 9
     assert _count(small) == convs + 64 * 64 + 64 * 64 + 64 * 10
-    r = resnet18(width=0.125, num_classes=100, binary_weights=False)
+    r = resnet18((3, 32, 32), 100, width=0.125, binary_weights=False)
     k = 9
     want = 3 * 8 * k + 4 * 8 * 8 * k
     want += 8 * 16 * k + 3 * 16 * 16 * k + 8 * 16
     want += 16 * 32 * k + 3 * 32 * 32 * k + 16 * 32
     want += 32 * 64 * k + 3 * 64 * 64 * k + 32 * 64 + 64 * 100 + 100
     assert _count(r) == want
-    m = mlp_binaryconnect(width=0.25, binary_weights=False)
+    m = mlp_binaryconnect((784,), 10, width=0.25, binary_weights=False)
     assert _count(m) == 784 * 512 + 2 * 512 * 512 + 512 * 10
 
 
 def test_binary_first_and_head_choose_the_binary_layers():
     make = lambda: optim.get("adaste").make_parametrization()  # noqa: E731
-    model = resnet18(width=0.125, weight=make)
+    model = resnet18((3, 32, 32), 10, width=0.125, weight=make)
     ops = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     assert len(latent_parameters(model)) == len(ops) == 21  # 17 convs, 3 shortcuts, 1 Linear
     assert all(isinstance(m.parametrizations.weight[0], AdaSTEWeight) for m in ops)
     assert [p.shape for p in real_parameters(model)] == [torch.Size([10])]  # the Linear's bias
-    partial = vgg16(width=0.125, binary_first=False, binary_head=False, weight=make)
+    partial = vgg16(
+        (3, 32, 32), 10, width=0.125, binary_first=False, binary_head=False, weight=make
+    )
     ops = [m for m in partial.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     flags = [nn.utils.parametrize.is_parametrized(m) for m in ops]
     assert flags == [False] + [True] * 14 + [False]

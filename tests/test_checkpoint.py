@@ -9,7 +9,7 @@ from sbnkit.train import checkpoint
 
 def _model(seed):
     torch.manual_seed(seed)
-    return models.mlp([3, 4, 2])
+    return models.mlp((3,), 2, hidden=(4,))
 
 
 def test_round_trip(tmp_path):

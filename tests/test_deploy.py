@@ -22,7 +22,7 @@ from sbnkit.network import SBN, Head, Stage
 from sbnkit.train import checkpoint, parse_config
 from sbnkit.train.loop import build_model
 from sbnkit.units import BinaryUnit, Rule, using_rule
-from sbnkit.weights import make_binary, using_weight_mode
+from sbnkit.weights import BernoulliWeight, make_binary, using_weight_mode
 
 # --- packing and kernels -------------------------------------------------------------------
 
@@ -75,7 +75,7 @@ def test_fold_threshold_rule_against_brute_force():
 
 def test_packed_weights_take_32x_less_memory(tmp_path):
     torch.manual_seed(0)
-    model = models.mlp([128, 256, 256, 10], norm="batch", binary_weights=True)
+    model = models.mlp((128,), 10, hidden=(256, 256), norm="batch", binary_weights=True)
     deploy.export(model, tmp_path / "m.npz")
     engine = deploy.load(tmp_path / "m.npz")
     hidden = [layer for layer in engine.layers if layer.meta["weight"] == "bits"]
@@ -107,31 +107,34 @@ def _relu_sbn() -> SBN:
     """Binary weights, real (ReLU) activations: the engine keeps float activations."""
     stages = []
     for n_in, n_out in ((20, 33), (33, 17)):
-        op = make_binary(nn.Linear(n_in, n_out), mode="mode")
+        op = make_binary(nn.Linear(n_in, n_out), BernoulliWeight(mode="mode"))
         stages.append(Stage(op, nn.ReLU(), nn.BatchNorm1d(n_out)))
     return SBN(stages, Head(nn.Linear(17, 4)), (20,))
 
 
 CASES = {
     # input 100 (not a multiple of 64), binary everything, BatchNorm with γ of both signs and 0
-    "mlp-batch": (lambda: models.mlp([100, 70, 130, 5], norm="batch", binary_weights=True), 16),
-    "mlp-bias-binary-head": (
-        lambda: models.mlp([30, 65, 3], binary_weights=True, binary_head=True),
+    "mlp-batch": (
+        lambda: models.mlp((100,), 5, hidden=(70, 130), norm="batch", binary_weights=True),
         16,
     ),
-    "mlp-real-weights": (lambda: models.mlp([30, 40, 50, 4], norm="affine"), 16),
+    "mlp-bias-binary-head": (
+        lambda: models.mlp((30,), 3, hidden=(65,), binary_weights=True, binary_head=True),
+        16,
+    ),
+    "mlp-real-weights": (lambda: models.mlp((30,), 4, hidden=(40, 50), norm="affine"), 16),
     # padding 1 on ±1 states, stride 2, odd sizes
     "convnet-batch": (
-        lambda: models.convnet(2, 4, (5, 7, 9), image_size=9, norm="batch", binary_weights=True),
+        lambda: models.convnet((2, 9, 9), 4, channels=(5, 7, 9), norm="batch", binary_weights=True),
         6,
     ),
     "convnet-affine-real-first": (
         lambda: models.convnet(
-            1, 3, (4, 6), image_size=7, norm="affine", binary_weights=True, binary_first=False
+            (1, 7, 7), 3, channels=(4, 6), norm="affine", binary_weights=True, binary_first=False
         ),
         6,
     ),
-    "cifar_s1": (lambda: models.cifar_s1(3, 10, 32, binary_weights=True), 2),
+    "cifar_s1": (lambda: models.cifar_s1((3, 32, 32), 10, binary_weights=True), 2),
     "relu-binary-weights": (_relu_sbn, 16),
 }
 
@@ -236,7 +239,7 @@ def test_integer_thresholds_reproduce_pytorch_at_every_reachable_value(tmp_path)
     """For each unit, every integer t in [-K, K] through the model's own norm gives the engine's
     decision (t ≥ T, or t ≤ T when flipped)."""
     torch.manual_seed(2)
-    model = models.mlp([9, 40, 67, 3], norm="batch", binary_weights=True)
+    model = models.mlp((9,), 3, hidden=(40, 67), norm="batch", binary_weights=True)
     _randomize_norms(model)
     model.eval()
     deploy.export(model, tmp_path / "m.npz")
@@ -252,7 +255,7 @@ def test_integer_thresholds_reproduce_pytorch_at_every_reachable_value(tmp_path)
 
 def test_export_uses_running_statistics_and_keeps_training_mode(tmp_path):
     torch.manual_seed(4)
-    model = models.mlp([12, 20, 3], norm="batch", binary_weights=True)
+    model = models.mlp((12,), 3, hidden=(20,), norm="batch", binary_weights=True)
     _randomize_norms(model)
     model.train()
     deploy.export(model, tmp_path / "train.npz")
@@ -267,7 +270,7 @@ def test_export_uses_running_statistics_and_keeps_training_mode(tmp_path):
 
 def test_binarized_plain_weights_are_packed(tmp_path):
     torch.manual_seed(3)
-    model = models.mlp([20, 30, 4], norm="batch", binary_weights=True)
+    model = models.mlp((20,), 4, hidden=(30,), norm="batch", binary_weights=True)
     plain = binarize(model)
     deploy.export(plain, tmp_path / "a.npz")
     deploy.export(model, tmp_path / "b.npz")
@@ -283,7 +286,7 @@ def test_binarized_plain_weights_are_packed(tmp_path):
 @pytest.fixture
 def exported(tmp_path):
     torch.manual_seed(0)
-    model = models.convnet(1, 3, (4, 5), image_size=6, norm="batch", binary_weights=True)
+    model = models.convnet((1, 6, 6), 3, channels=(4, 5), norm="batch", binary_weights=True)
     path = tmp_path / "m.npz"
     deploy.export(model, path)
     return path
@@ -351,12 +354,12 @@ def test_bad_inputs_and_overwrite(exported):
         with pytest.raises(UserError, match=phrase.replace("[", r"\[")):
             engine.predict(bad)
     with pytest.raises(UserError, match="--overwrite"):
-        deploy.export(models.mlp([3, 4, 2]), exported, overwrite=False)
+        deploy.export(models.mlp((3,), 2, hidden=(4,)), exported, overwrite=False)
     assert [p.name for p in exported.parent.iterdir()] == [exported.name]
 
 
 def test_unsupported_modules_are_refused(tmp_path):
-    model = models.mlp([4, 5, 2])
+    model = models.mlp((4,), 2, hidden=(5,))
     model.stages[0].unit = nn.Tanh()
     with pytest.raises(UserError, match="Tanh"):
         deploy.export(model, tmp_path / "m.npz")
@@ -408,7 +411,7 @@ def test_cli_summary_and_export(tmp_path, capsys):
 def test_every_binary_weight_method_exports_its_sign_weights(tmp_path, method):
     """An SBN trained with any binary-weight method exports the mode network's ±1 weights."""
     torch.manual_seed(0)
-    model = models.mlp([20, 8, 8, 3], norm="batch", binary_weights=False)
+    model = models.mlp((20,), 3, hidden=(8, 8), norm="batch", binary_weights=False)
     optim.attach(model, method, modules=[s.op for s in model.stages])
     model.eval()
     x = torch.randn(5, 20)

@@ -17,10 +17,10 @@ BERNOULLI_OK = {"st", "hard_st", "det_st", "concrete", "mean", "psa", "reinforce
 def _case(kind: str, binary_weights: bool):
     torch.manual_seed(0)
     if kind == "mlp":
-        model = models.mlp([4, 3, 3, 2], norm="batch", binary_weights=binary_weights)
+        model = models.mlp((4,), 2, hidden=(3, 3), norm="batch", binary_weights=binary_weights)
         x = torch.randn(5, 4, dtype=torch.float64)
     else:
-        model = models.convnet(1, 2, [2, 2], 6, binary_weights=binary_weights)
+        model = models.convnet((1, 6, 6), 2, channels=[2, 2], binary_weights=binary_weights)
         x = torch.randn(3, 1, 6, 6, dtype=torch.float64)
     return model.double(), x, torch.randint(0, 2, (x.shape[0],))
 
@@ -88,6 +88,6 @@ def test_config_device_is_checked():
 
 
 def test_a_batch_on_another_device_is_refused():
-    model = models.mlp([4, 3, 2])
+    model = models.mlp((4,), 2, hidden=(3,))
     with pytest.raises(UserError, match="input is on meta but the model is on cpu"):
         estimators.get("st").loss(model, torch.empty(2, 4, device="meta"), torch.zeros(2).long())

@@ -16,7 +16,7 @@ LOCAL = ["st", "hard_st", "det_st", "concrete", "mean"]
 def test_issue_snippet_runs_and_fills_grad():
     x = torch.randn(200, 2, dtype=torch.float64)
     y = torch.randint(0, 2, (200,)).double() * 2 - 1
-    model = sbnkit.models.mlp([2, 5, 5, 5, 1]).double()
+    model = sbnkit.models.mlp((2,), 1, hidden=(5, 5, 5)).double()
     est = sbnkit.estimators.get("st")
 
     def loss_fn(logits, y):
@@ -36,11 +36,15 @@ def test_issue_snippet_runs_and_fills_grad():
 def test_local_estimators_on_dense_and_conv(name, build):
     torch.manual_seed(0)
     if build == "convnet":
-        model = sbnkit.models.convnet(channels=(4, 6), norm="batch", binary_weights=True)
+        model = sbnkit.models.convnet(
+            (1, 28, 28), 10, channels=(4, 6), norm="batch", binary_weights=True
+        )
         x = torch.randn(5, 1, 28, 28)
     else:
         model = sbnkit.models.mlp(
-            [12, 8, 6, 3],
+            (12,),
+            3,
+            hidden=(8, 6),
             norm="batch" if build == "mlp_binary" else None,
             binary_weights=build == "mlp_binary",
         )
@@ -55,7 +59,7 @@ def test_local_estimators_on_dense_and_conv(name, build):
 
 def test_default_loss_is_mean_cross_entropy():
     torch.manual_seed(0)
-    model = sbnkit.models.mlp([4, 3, 3])
+    model = sbnkit.models.mlp((4,), 3, hidden=(3,))
     x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 2, 1, 0])
     loss = sbnkit.estimators.get("mean").loss(model, x, y)
     with sbnkit.using_rule(model, "mean"):
@@ -75,7 +79,7 @@ def test_registry_lists_names_and_options():
     assert sbnkit.estimators.get("concrete", tau=0.1).rule.tau == 0.1
 
 
-MODEL = sbnkit.models.mlp([4, 3, 3])
+MODEL = sbnkit.models.mlp((4,), 3, hidden=(3,))
 X, Y = torch.randn(2, 4), torch.tensor([0, 2])
 
 
@@ -85,10 +89,13 @@ X, Y = torch.randn(2, 4), torch.tensor([0, 2])
         (lambda: sbnkit.estimators.get("straight_through"), "known estimators"),
         (lambda: sbnkit.estimators.get("concrete", temperature=1.0), "bad options"),
         (lambda: sbnkit.estimators.get("det_st", proxy="relu"), "known proxies"),
-        (lambda: sbnkit.models.mlp([4, 3, 3], noise="cauchy"), "known noises"),
-        (lambda: sbnkit.models.mlp([4, 3, 3], norm="layer"), "known norms"),
-        (lambda: sbnkit.models.mlp([4, 3]), "mlp sizes"),
-        (lambda: sbnkit.models.mlp([4, 3, 3], weight_mode="x", binary_weights=True), "modes"),
+        (lambda: sbnkit.models.mlp((4,), 3, hidden=(3,), noise="cauchy"), "known noises"),
+        (lambda: sbnkit.models.mlp((4,), 3, hidden=(3,), norm="layer"), "known norms"),
+        (lambda: sbnkit.models.mlp((4,), 3, hidden=()), "mlp sizes"),
+        (
+            lambda: sbnkit.models.mlp((4,), 3, hidden=(3,), weight_mode="x", binary_weights=True),
+            "modes",
+        ),
         (lambda: sbnkit.predict_proba(MODEL, X, "majority"), "evaluation mode"),
         (lambda: sbnkit.predict_proba(MODEL, X, "ensemble", samples=0), "samples"),
         (lambda: sbnkit.estimators.get("st").loss(MODEL, torch.randn(2, 5), Y), "shape"),
@@ -159,7 +166,7 @@ def _hand_local_surrogate(name, a, gen):
 def test_local_estimators_give_the_hand_computed_loss_and_gradient(name):
     """Beside the smoke test above: values. The generator replays the estimator's draws."""
     torch.manual_seed(0)
-    model = sbnkit.models.mlp([4, 5, 3]).double()
+    model = sbnkit.models.mlp((4,), 3, hidden=(5,)).double()
     x = torch.randn(6, 4, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 2, 1, 0])
     torch.manual_seed(9)

@@ -48,8 +48,10 @@ def grads(model, loss):
 
 def tiny_models():
     torch.manual_seed(3)
-    dense = models.mlp([3, 3, 2, 2]).double()
-    normal = models.mlp([2, 3, 3, 2], noise="normal", noise_scale=0.7, norm="affine").double()
+    dense = models.mlp((3,), 2, hidden=(3, 2)).double()
+    normal = models.mlp(
+        (2,), 2, hidden=(3, 3), noise="normal", noise_scale=0.7, norm="affine"
+    ).double()
     with torch.no_grad():
         for p in normal.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -81,7 +83,7 @@ def test_exact_matches_brute_force(name):
 def test_exact_enumerates_bernoulli_weights(kind):
     torch.manual_seed(1)
     if kind == "dense":
-        model = models.mlp([2, 2, 2], binary_weights=True).double()
+        model = models.mlp((2,), 2, hidden=(2,), binary_weights=True).double()
         x = torch.randn(2, 2, dtype=torch.float64)
     else:
         model = SBN(
@@ -124,13 +126,13 @@ def test_exact_refuses_above_the_limit():
     model, x, y = toy_net()
     with pytest.raises(UserError, match="max_states"):
         get("exact", max_states=2**9).loss(model, x, y, logistic_loss)
-    big = models.mlp([2, 12, 12, 1]).double()
+    big = models.mlp((2,), 1, hidden=(12, 12)).double()
     with pytest.raises(UserError, match="max_states"):
         get("exact").loss(big, x, y, logistic_loss)
 
 
 def test_exact_refuses_batchnorm_in_training_mode():
-    model = models.mlp([2, 3, 2], norm="batch").double()
+    model = models.mlp((2,), 2, hidden=(3,), norm="batch").double()
     x, y = torch.randn(4, 2, dtype=torch.float64), torch.tensor([0, 1, 0, 1])
     with pytest.raises(UserError, match="eval"):
         get("exact").loss(model, x, y)

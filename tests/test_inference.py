@@ -13,7 +13,9 @@ from sbnkit.inference import evaluate_batches, predict_proba
 
 def binary_mlp():
     torch.manual_seed(0)
-    model = sbnkit.models.mlp([3, 4, 3], binary_weights=True, weight_mode="mean", rule="mean")
+    model = sbnkit.models.mlp(
+        (3,), 3, hidden=(4,), binary_weights=True, weight_mode="mean", rule="mean"
+    )
     model = model.double()
     x = torch.randn(6, 3, dtype=torch.float64)
     return model, x
@@ -99,7 +101,7 @@ def test_bad_sample_counts_raise(samples):
 @pytest.mark.parametrize("training", [True, False])
 def test_evaluate_batches_is_accuracy_and_nll_in_eval_mode(training):
     torch.manual_seed(1)
-    model = sbnkit.models.mlp([3, 4, 3], norm="batch").double()
+    model = sbnkit.models.mlp((3,), 3, hidden=(4,), norm="batch").double()
     with torch.no_grad():
         model.stages[0].norm.running_mean.fill_(0.3)
         model.stages[0].norm.running_var.fill_(2.0)
@@ -117,7 +119,7 @@ def test_evaluate_batches_is_accuracy_and_nll_in_eval_mode(training):
 
 
 def test_evaluate_batches_clamps_zero_probabilities():
-    model = sbnkit.models.mlp([2, 2, 2]).double()
+    model = sbnkit.models.mlp((2,), 2, hidden=(2,)).double()
     with torch.no_grad():
         model.head.linear.weight.fill_(0.0)
         model.head.linear.bias.copy_(torch.tensor([1000.0, 0.0]))
@@ -127,7 +129,7 @@ def test_evaluate_batches_clamps_zero_probabilities():
 
 
 def test_evaluate_batches_refuses_an_empty_set_and_unknown_modes():
-    model = sbnkit.models.mlp([2, 2, 2])
+    model = sbnkit.models.mlp((2,), 2, hidden=(2,))
     with pytest.raises(UserError, match="empty"):
         evaluate_batches(model, [])
     with pytest.raises(UserError, match="evaluation mode"):

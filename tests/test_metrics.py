@@ -33,7 +33,7 @@ from sbnkit.train.metrics import (
     unit_entropy_bits,
 )
 from sbnkit.units import BinaryUnit, binary_units
-from sbnkit.weights import bernoulli_parametrizations, make_binary
+from sbnkit.weights import BernoulliWeight, bernoulli_parametrizations, make_binary
 
 H_QUARTER = 0.5 + 0.75 * math.log2(4 / 3)  # H(1/4) = −¼log₂¼ − ¾log₂¾ = 0.8112781244591328
 
@@ -158,12 +158,12 @@ def test_accuracy_nll_zero_probability_is_clamped():
 
 def _binary_linear(mode: str) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(make_binary(nn.Linear(3, 4), mode=mode))
+    return nn.Sequential(make_binary(nn.Linear(3, 4), BernoulliWeight(mode=mode)))
 
 
 def _mlp(weight_mode: str) -> SBN:
     torch.manual_seed(0)
-    return mlp([3, 8, 4], binary_weights=True, weight_mode=weight_mode).double()
+    return mlp((3,), 4, hidden=(8,), binary_weights=True, weight_mode=weight_mode).double()
 
 
 def test_the_default_samples_what_training_sampled():

@@ -348,7 +348,7 @@ def test_bad_method_configs_give_one_line_errors(table, message):
 
 def test_model_width_and_data_init_are_checked():
     with pytest.raises(UserError, match=r"model\.width must be positive, got 0"):
-        parse_config("[model]\nwidth = 0")
+        parse_config('[model]\nname = "vgg16"\nwidth = 0\n[data]\nname = "cifar10"')
     with pytest.raises(UserError, match=r"model\.init = 'data' needs an SBN model"):
         parse_config('[model]\nname = "vgg16"\ninit = "data"\n[data]\nname = "cifar10"')
 

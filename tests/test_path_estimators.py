@@ -88,7 +88,7 @@ def test_st_unbiased_for_the_last_hidden_layer_when_the_loss_is_linear_in_it(toy
 
 def test_reinforce_unbiased_with_bernoulli_weights():
     torch.manual_seed(4)
-    model = models.mlp([2, 2, 2, 2], binary_weights=True, binary_head=True).double()
+    model = models.mlp((2,), 2, hidden=(2, 2), binary_weights=True, binary_head=True).double()
     x = torch.randn(4, 2, dtype=torch.float64)
     y = torch.tensor([0, 1, 1, 0])
     exact = gradient(get("exact", max_states=2**24), model, x, y, ce)[1]
@@ -104,7 +104,7 @@ def test_reinforce_unbiased_with_bernoulli_weights():
 def test_moment_propagation_is_exact_for_one_stage_and_a_linear_loss(noise, name):
     """A real input gives ν = 0, so p = F(μ) exactly; the logits' mean is then exact."""
     torch.manual_seed(6)
-    model = models.mlp([3, 4, 2], noise=noise, noise_scale=0.8).double()
+    model = models.mlp((3,), 2, hidden=(4,), noise=noise, noise_scale=0.8).double()
     x = torch.randn(5, 3, dtype=torch.float64)
     y = torch.tensor([0, 1, 1, 0, 1])
     linear = lambda eta, t: eta[:, 0] * (2.0 * t - 1.0)  # noqa: E731
@@ -117,7 +117,7 @@ def test_moment_propagation_is_exact_for_one_stage_and_a_linear_loss(noise, name
 
 def test_adf_is_deterministic_and_handles_norms_and_bernoulli_weights():
     torch.manual_seed(8)
-    model = models.convnet(1, 3, (2, 3), image_size=6, norm="affine", binary_weights=True)
+    model = models.convnet((1, 6, 6), 3, channels=(2, 3), norm="affine", binary_weights=True)
     model = model.double()
     x = torch.randn(3, 1, 6, 6, dtype=torch.float64)
     y = torch.tensor([0, 2, 1])
@@ -132,7 +132,7 @@ def test_adf_is_deterministic_and_handles_norms_and_bernoulli_weights():
 
 def extreme_model():
     torch.manual_seed(9)
-    model = models.mlp([2, 4, 4, 2]).double()
+    model = models.mlp((2,), 2, hidden=(4, 4)).double()
     with torch.no_grad():
         for s in model.stages:
             s.op.weight.mul_(1e4)
@@ -155,7 +155,7 @@ def test_extreme_preactivations_give_finite_gradients(name):
 @pytest.mark.parametrize("name", PATH_ESTIMATORS)
 def test_path_estimators_accept_flatten(name):
     torch.manual_seed(10)
-    model = models.mlp([4, 3, 3, 2], input_shape=(1, 2, 2)).double()
+    model = models.mlp((1, 2, 2), 2, hidden=(3, 3)).double()
     assert isinstance(model.stages[0], nn.Flatten)
     x = torch.randn(3, 1, 2, 2, dtype=torch.float64)
     value, grads = gradient(get(name), model, x, torch.tensor([0, 1, 1]), ce)
@@ -166,7 +166,7 @@ def test_path_estimators_accept_flatten(name):
 def test_training_mode_batchnorm_runs(name):
     """Batch statistics are part of the forward pass (PSA: a constant flip gain)."""
     torch.manual_seed(11)
-    model = models.convnet(1, 3, (2, 3), image_size=6, norm="batch").double().train()
+    model = models.convnet((1, 6, 6), 3, channels=(2, 3), norm="batch").double().train()
     x = torch.randn(4, 1, 6, 6, dtype=torch.float64)
     value, grads = gradient(get(name), model, x, torch.tensor([0, 2, 1, 1]), ce)
     assert torch.isfinite(value) and all(torch.isfinite(g).all() for g in grads.values())
@@ -186,7 +186,7 @@ def test_path_estimators_refuse_what_they_cannot_walk(name):
     ).double()
     with pytest.raises(UserError, match="MaxPool2d"):
         get(name).loss(pooled, x, y)
-    model = models.mlp([16, 2, 2], input_shape=(1, 4, 4)).double()
+    model = models.mlp((1, 4, 4), 2, hidden=(2,)).double()
     with pytest.raises(UserError, match="one loss per example"):
         get(name).loss(model, x, y, lambda eta, t: ce(eta, t)[:1])
 
@@ -194,9 +194,9 @@ def test_path_estimators_refuse_what_they_cannot_walk(name):
 def test_arm_refusals():
     x, y = torch.randn(2, 3, dtype=torch.float64), torch.tensor([0, 1])
     with pytest.raises(UserError, match="logistic"):
-        get("arm").loss(models.mlp([3, 2, 2], noise="uniform").double(), x, y)
+        get("arm").loss(models.mlp((3,), 2, hidden=(2,), noise="uniform").double(), x, y)
     with pytest.raises(UserError, match="Bernoulli"):
-        get("arm").loss(models.mlp([3, 2, 2], binary_weights=True).double(), x, y)
+        get("arm").loss(models.mlp((3,), 2, hidden=(2,), binary_weights=True).double(), x, y)
 
 
 def test_bad_options_are_user_errors():

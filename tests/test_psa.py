@@ -98,7 +98,7 @@ def test_psa_beats_st_in_the_hidden_layers_at_one_sample(toy):
 
 def small_model(norm, scale):
     torch.manual_seed(5)
-    model = models.mlp([2, 3, 3, 2], norm=norm, noise_scale=scale).double()
+    model = models.mlp((2,), 2, hidden=(3, 3), norm=norm, noise_scale=scale).double()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.5 * torch.randn_like(p))
@@ -131,7 +131,7 @@ def test_psa_with_bernoulli_weights():
     (local-expectation argument in the psa module docstring); in the first stage, reached through
     the single-flip linearisation, the averaged estimate is closer to the truth than ST's."""
     torch.manual_seed(8)
-    model = models.mlp([2, 3, 3, 2], binary_weights=True).double()
+    model = models.mlp((2,), 2, hidden=(3, 3), binary_weights=True).double()
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.mul_(4.0 if n.startswith("head") else 0.7 if "original" in n else 1.0)
@@ -322,7 +322,7 @@ def test_psa_refusals():
     with pytest.raises(UserError, match="SBN"):
         get("psa").loss(nn.Sequential(nn.Linear(3, 2)).double(), x, y)
     with pytest.raises(UserError, match="logistic"):
-        get("psa").loss(models.mlp([3, 2, 2], noise="normal").double(), x, y)
+        get("psa").loss(models.mlp((3,), 2, hidden=(2,), noise="normal").double(), x, y)
     with pytest.raises(UserError, match="at least one binary stage"):
         get("psa").loss(SBN([], Head(nn.Linear(3, 2)), (3,)).double(), x, y)
     with pytest.raises(UserError, match="unknown psa kernel"):

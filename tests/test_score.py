@@ -19,7 +19,7 @@ from sbnkit.estimators.score import Reinforce
 
 def two_stage_net(noise_scale=0.7, **options):
     torch.manual_seed(3)
-    model = models.mlp([3, 4, 3, 2], noise_scale=noise_scale, **options).double()
+    model = models.mlp((3,), 2, hidden=(4, 3), noise_scale=noise_scale, **options).double()
     x = torch.randn(5, 3, dtype=torch.float64)
     y = torch.tensor([0, 1, 1, 0, 1])
     return model, x, y

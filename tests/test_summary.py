@@ -11,7 +11,9 @@ from sbnkit.errors import UserError
 
 def test_mlp_table_by_hand():
     torch.manual_seed(0)
-    model = models.mlp([10, 7, 5, 3], norm="batch", binary_weights=True, binary_first=False)
+    model = models.mlp(
+        (10,), 3, hidden=(7, 5), norm="batch", binary_weights=True, binary_first=False
+    )
     s = deploy.summary(model)
     rows = [
         (r.name, r.output_shape, r.bit_params, r.float_params, r.binary_macs, r.float_macs)
@@ -37,7 +39,7 @@ def test_mlp_table_by_hand():
 
 def test_convnet_table_by_hand():
     torch.manual_seed(0)
-    model = models.convnet(1, 3, channels=(4, 6), image_size=8, norm="affine", binary_weights=True)
+    model = models.convnet((1, 8, 8), 3, channels=(4, 6), norm="affine", binary_weights=True)
     s = deploy.summary(model)
     rows = [
         (r.output_shape, r.bit_params, r.float_params, r.binary_macs, r.float_macs) for r in s.rows

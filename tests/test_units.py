@@ -173,7 +173,7 @@ def test_st_is_unbiased_when_the_loss_is_linear_in_the_hidden_units(nz):
     import sbnkit
 
     torch.manual_seed(1)
-    model = sbnkit.models.mlp([3, 4, 1], noise=nz).double()
+    model = sbnkit.models.mlp((3,), 1, hidden=(4,), noise=nz).double()
     x = torch.randn(6, 3, dtype=torch.float64)
     c = torch.tensor([1.0, -2.0, 0.5, 1.5, -1.0, 0.7], dtype=torch.float64)
     w1, b1 = model.stages[0].op.weight.detach(), model.stages[0].op.bias.detach()

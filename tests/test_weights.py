@@ -55,7 +55,7 @@ def test_sgd_on_latents_is_mirror_descent_on_the_mean():
     """One SGD step on η with the identity-ST gradient equals the mirror-descent step
     ∇Φ(μ') = ∇Φ(μ) - ε g with the entropic map: μ' = tanh(atanh(μ) - ε g)."""
     torch.manual_seed(0)
-    lin = make_binary(nn.Linear(4, 3, bias=False).double(), mode="mean")
+    lin = make_binary(nn.Linear(4, 3, bias=False).double(), BernoulliWeight(mode="mean"))
     x = torch.randn(5, 4, dtype=torch.float64)
     mu = lin.weight.detach().clone()
     lin(x).pow(2).sum().backward()
@@ -70,7 +70,7 @@ def test_latent_weight_decay_is_the_entropy_gradient():
     """Weight decay c on sbnkit's latents η is mirror descent on c·KL(q ‖ uniform) over the
     weight means μ = E[w]: with the entropic map, tanh(atanh(μ) - ε c ∇_μ KL(μ)) is the new
     mean, where KL(μ) = Σ p log p + (1 - p) log(1 - p) + log 2 with p = P(w = +1) = (1 + μ)/2."""
-    lin = make_binary(nn.Linear(2, 2, bias=False).double(), mode="mean")
+    lin = make_binary(nn.Linear(2, 2, bias=False).double(), BernoulliWeight(mode="mean"))
     eta = latent_parameters(lin)[0]
     with torch.no_grad():
         eta.copy_(torch.tensor([[-1.1, -0.1], [0.3, 1.8]], dtype=torch.float64))
@@ -90,7 +90,7 @@ def test_latent_weight_decay_is_the_entropy_gradient():
 
 
 def test_clip_projects_latents():
-    lin = make_binary(nn.Linear(10, 10), clip=1.0)
+    lin = make_binary(nn.Linear(10, 10), BernoulliWeight(clip=1.0))
     with torch.no_grad():
         lin.parametrizations.weight.original.mul_(100)
     clip_latents_(lin)
@@ -98,7 +98,9 @@ def test_clip_projects_latents():
 
 
 def test_latent_and_real_parameters_partition_the_model():
-    model = sbnkit.models.mlp([6, 5, 4, 3], norm="batch", binary_weights=True, binary_head=False)
+    model = sbnkit.models.mlp(
+        (6,), 3, hidden=(5, 4), norm="batch", binary_weights=True, binary_head=False
+    )
     latent, real = latent_parameters(model), real_parameters(model)
     assert len(latent) == 2
     assert {id(p) for p in latent} | {id(p) for p in real} == {id(p) for p in model.parameters()}
@@ -108,7 +110,7 @@ def test_latent_and_real_parameters_partition_the_model():
 def test_binarize_gives_exact_pm1_and_the_same_mode_network():
     torch.manual_seed(0)
     model = sbnkit.models.convnet(
-        channels=(4, 6), norm="batch", binary_weights=True, binary_head=True
+        (1, 28, 28), 10, channels=(4, 6), norm="batch", binary_weights=True, binary_head=True
     ).eval()
     plain = binarize(model)
     for m in plain.modules():
@@ -124,7 +126,7 @@ def test_binarize_gives_exact_pm1_and_the_same_mode_network():
 
 
 def test_using_weight_mode_restores():
-    model = sbnkit.models.mlp([3, 4, 2], binary_weights=True, weight_mode="sample")
+    model = sbnkit.models.mlp((3,), 2, hidden=(4,), binary_weights=True, weight_mode="sample")
     with using_weight_mode(model, "mode"):
         assert model.stages[0].op.parametrizations.weight[0].mode == "mode"
     assert model.stages[0].op.parametrizations.weight[0].mode == "sample"
@@ -147,7 +149,7 @@ def test_bad_weight_options_raise(bad):
 
 def test_init_scale_sets_latent_spread():
     torch.manual_seed(0)
-    lin = make_binary(nn.Linear(100, 100), init_scale=1.0)
+    lin = make_binary(nn.Linear(100, 100), BernoulliWeight(init_scale=1.0))
     std = float(lin.parametrizations.weight.original.detach().std())
     assert math.isclose(std, 1.0, rel_tol=1e-5)
 
@@ -171,7 +173,9 @@ def test_defaults_are_logistic_half_sampled_unclipped():
 
 
 def test_clip_latents_leaves_unclipped_parametrizations_alone():
-    model = nn.Sequential(make_binary(nn.Linear(3, 3), clip=0.5), make_binary(nn.Linear(3, 3)))
+    model = nn.Sequential(
+        make_binary(nn.Linear(3, 3), BernoulliWeight(clip=0.5)), make_binary(nn.Linear(3, 3))
+    )
     values = torch.tensor([[-2.0, -0.3, 0.1], [0.5, 0.7, 2.0], [-0.5, -0.6, 0.0]])
     with torch.no_grad():
         for eta in latent_parameters(model):
@@ -200,7 +204,7 @@ def test_binarize_keeps_bias_training_flag_and_conv_geometry():
 
 
 def test_using_weight_mode_refuses_unknown_modes_and_restores_after_errors():
-    model = sbnkit.models.mlp([3, 4, 2], binary_weights=True, weight_mode="mean")
+    model = sbnkit.models.mlp((3,), 2, hidden=(4,), binary_weights=True, weight_mode="mean")
     with pytest.raises(UserError), using_weight_mode(model, "argmax"):
         pass
     with pytest.raises(RuntimeError), using_weight_mode(model, "sample"):

@@ -171,7 +171,7 @@ def ap2_init_(model: SBN, X: torch.Tensor) -> None:
 def init_network(X: torch.Tensor, seed: int, sizes: Sequence[int] = LAYER_SIZES) -> SBN:
     """A float64 SBN MLP with ``W, b ~ U(-1, 1)`` (seeded), then :func:`ap2_init_` on ``X``."""
     gen = torch.Generator().manual_seed(int(seed))
-    model = mlp(list(sizes)).double()
+    model = mlp((sizes[0],), sizes[-1], hidden=tuple(sizes[1:-1])).double()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(2 * torch.rand(p.shape, generator=gen, dtype=p.dtype) - 1)
@@ -220,7 +220,7 @@ def network_from_json(data: dict, source: str) -> tuple[SBN, torch.Tensor, torch
     )
     if not shapes_ok:
         raise UserError(f"{source}: inconsistent layer shapes, X or y (y must be ±1, one output)")
-    model = mlp(sizes).double()
+    model = mlp((sizes[0],), sizes[-1], hidden=tuple(sizes[1:-1])).double()
     with torch.no_grad():
         for op, w, b in zip(layers(model), ws, bs, strict=True):
             op.weight.copy_(w)

@@ -3,15 +3,17 @@
 Sections and keys (defaults in parentheses)::
 
     [model]           name (mlp) | convnet | cifar_s1 | vgg16 | resnet18 | vgg_binaryconnect |
-                      mlp_binaryconnect; hidden ([1024, 1024], mlp hidden sizes);
-                      width (1.0, channel/unit multiplier of the last four, which have real
-                      ReLU activations and binary weights everywhere but as binary_first /
-                      binary_head say);
-                      channels ([32, 64, 128], convnet); norm (batch) | affine | none;
-                      binary_weights (true); binary_first (true); binary_head (false);
-                      noise (logistic); noise_scale (1.0); weight_noise (logistic);
-                      weight_noise_scale (0.5); weight_mode (sample) | mode | mean;
-                      latent_clip (0 = none); init (default) | data
+                      mlp_binaryconnect | any model registered with sbnkit.models.register;
+                      init (default) | data (needs an SBN). The other keys are options of the
+                      model's builder (sbnkit.models), passed to it where it takes them and
+                      ignored otherwise: hidden ([1024, 1024], mlp); channels ([32, 64, 128],
+                      convnet); width (1.0, the binary-weight networks' multiplier);
+                      norm (batch) | affine | none; binary_weights (true); binary_first (true);
+                      binary_head (false); noise (logistic); noise_scale (1.0);
+                      weight_noise (logistic); weight_noise_scale (0.5);
+                      weight_mode (sample) | mode | mean; latent_clip (0 = none). Any other key
+                      is an option of the model (e.g. of a registered model of one's own),
+                      checked by its builder. The builder checks every value it takes.
     [estimator]       name (st); [estimator.options]: keyword options of the estimator
     [optim.latent]    the binary-weight method (sbnkit.optim): name (adam) | sgd (both: md,
                       Bernoulli weights of [model] with that optimizer) | md | binaryconnect |
@@ -35,8 +37,9 @@ Sections and keys (defaults in parentheses)::
                       training drew (see sbnkit.inference)
 
 Keys a method does not use (e.g. momentum for bop) are ignored, and so are the ``[model]``
-``weight_*`` / ``latent_clip`` keys for methods other than md (adam, sgd). Unknown keys, wrong
-types and bad values raise :class:`~sbnkit.errors.UserError` naming the key.
+``weight_*`` / ``latent_clip`` keys for methods other than md (adam, sgd) and the ``[model]``
+keys a model does not take (e.g. hidden for convnet). Unknown keys, wrong types and bad values
+raise :class:`~sbnkit.errors.UserError` naming the key.
 """
 
 from __future__ import annotations
@@ -48,16 +51,19 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import torch
+from torch import nn
 
 from .. import data as data_lib
-from .. import estimators
+from .. import estimators, models
 from .. import optim as optim_lib
 from ..devices import DEVICE_NAMES
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from ..inference import SAMPLE_CHOICES
-from ..models import MODELS
-from ..noise import NOISES
+from ..network import SBN
+from ..noise import NOISE_NAMES
 from ..weights import WEIGHT_MODES
 
 if sys.version_info >= (3, 11):
@@ -65,18 +71,47 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-OPTIMIZERS = ("adam", "sgd")
+__all__ = [
+    "INITS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "Config",
+    "DataConfig",
+    "EstimatorConfig",
+    "EvalConfig",
+    "Init",
+    "ModelConfig",
+    "OptimConfig",
+    "OptimizerConfig",
+    "Schedule",
+    "TrainConfig",
+    "apply_overrides",
+    "check",
+    "check_latent",
+    "check_model",
+    "config_from_dict",
+    "dump_toml",
+    "latent_method",
+    "load_config",
+    "model_options",
+    "parse_config",
+    "parse_override",
+]
+
+Optimizer = Literal["adam", "sgd"]
+Schedule = Literal["constant", "cosine", "step"]
+Init = Literal["default", "data"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 LATENT_METHODS = (*OPTIMIZERS, *optim_lib.names())
-SBN_MODELS = ("mlp", "convnet", "cifar_s1")
-FLAT_MODELS = ("mlp", "mlp_binaryconnect")
-SCHEDULES = ("constant", "cosine", "step")
-INITS = ("default", "data")
-NORMS = ("batch", "affine", "none")
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+INITS: tuple[str, ...] = get_args(Init)
 
 
 @dataclass
 class ModelConfig:
-    """``[model]``: the architecture and its binary units and weights."""
+    """``[model]``: the architecture and its binary units and weights; the keys besides
+    ``name`` and ``init`` are options of the model's builder (module docstring), ``options``
+    holds the keys of a model's own that this schema does not know."""
 
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [1024, 1024])
@@ -93,6 +128,7 @@ class ModelConfig:
     weight_mode: str = "sample"
     latent_clip: float = 0.0
     init: str = "default"
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -235,7 +271,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     hints = get_type_hints(cls)
     known = [f.name for f in fields(cls)]
-    if cls is OptimizerConfig:  # other plain keys are the method's options, checked by check()
+    if cls in (OptimizerConfig, ModelConfig):  # other plain keys are options, checked by check()
         extra = {k: v for k, v in raw.items() if k not in known and not isinstance(v, dict)}
         raw = {k: v for k, v in raw.items() if k not in extra}
         raw["options"] = {**raw.get("options", {}), **extra} if extra else raw.get("options", {})
@@ -266,25 +302,56 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         )
 
 
+def model_options(m: ModelConfig, weight: models.WeightFactory | None = None) -> dict[str, Any]:
+    """The keyword options of ``m.name``'s builder from the ``[model]`` table: the keys it takes
+    (``name`` and ``init`` excepted), the table's other ``options``, and ``weight`` if given and
+    taken. Raises :class:`UserError` for an unknown model."""
+    taken = models.builder_options(m.name)
+    schema = {f.name: getattr(m, f.name) for f in fields(m)}
+    options = {k: v for k, v in schema.items() if k in taken and k not in ("name", "init")}
+    options.update(m.options)
+    if weight is not None and "weight" in taken:
+        options["weight"] = weight
+    return options
+
+
+def check_model(cfg: Config) -> nn.Module:
+    """The model of ``cfg`` built on the ``meta`` device (no memory, no random numbers), so that
+    its builder checks the ``[model]`` options and the data's shape. Raises :class:`UserError`
+    for an unknown model, an option it does not take, or a value its builder refuses (an
+    option's error prefixed ``model.``)."""
+    m = cfg.model
+    _choice("model.name", m.name, models.names())
+    known = [f.name for f in fields(m) if f.name != "options"]
+    taken = models.builder_options(m.name)
+    for key in m.options:
+        if key in known or key not in taken:
+            valid = [*known, *(k for k in taken if k not in known and k != "weight")]
+            _unknown_key("model.", key, valid)
+    ds = data_lib.get(cfg.data.name)
+    try:
+        with torch.device("meta"):
+            return models.get(m.name)(ds.input_shape, ds.num_classes, **model_options(m))
+    except OptionError as exc:
+        raise UserError(f"model.{exc}") from None
+
+
 def check(cfg: Config) -> Config:
     """Raise :class:`UserError` for values out of range or unknown names; return ``cfg``."""
     m, t, d, e = cfg.model, cfg.train, cfg.data, cfg.eval
-    _choice("model.name", m.name, sorted(MODELS))
-    _choice("model.norm", m.norm, NORMS)
-    _choice("model.noise", m.noise, list(NOISES))
-    _choice("model.weight_noise", m.weight_noise, list(NOISES))
+    _choice("model.weight_noise", m.weight_noise, NOISE_NAMES)
     _choice("model.weight_mode", m.weight_mode, WEIGHT_MODES)
     _choice("model.init", m.init, INITS)
-    for key, sizes in (("model.hidden", m.hidden), ("model.channels", m.channels)):
-        if not sizes or any(s < 1 for s in sizes):
-            raise UserError(f"{key} must be a non-empty array of positive integers, got {sizes}")
-    _positive("model.noise_scale", m.noise_scale)
     _positive("model.weight_noise_scale", m.weight_noise_scale)
     _positive("model.latent_clip", m.latent_clip, allow_zero=True)
+    _choice("data.name", d.name, data_lib.names())
+    model = check_model(cfg)
     estimators.get(cfg.estimator.name, **cfg.estimator.options)
-    _positive("model.width", m.width)
-    if m.init == "data" and m.name not in SBN_MODELS:
-        raise UserError(f"model.init = 'data' needs an SBN model ({', '.join(SBN_MODELS)})")
+    if m.init == "data" and not isinstance(model, SBN):
+        raise UserError(
+            f"model.init = 'data' needs an SBN model (sbnkit.network.SBN), but {m.name!r} "
+            f"builds a {type(model).__name__}; use model.init = 'default'"
+        )
     for which in ("latent", "real"):
         o: OptimizerConfig = getattr(cfg.optim, which)
         _choice(f"optim.{which}.name", o.name, LATENT_METHODS if which == "latent" else OPTIMIZERS)
@@ -307,10 +374,10 @@ def check(cfg: Config) -> Config:
         ("eval.batch_size", e.batch_size),
     ):
         _positive(key, value)
-    if t.batch_size == 1 and m.norm == "batch" and m.name == "mlp":
+    if t.batch_size == 1 and any(isinstance(x, nn.BatchNorm1d) for x in model.modules()):
         raise UserError(
-            'train.batch_size = 1 cannot train BatchNorm (model.norm = "batch"); use a larger '
-            'batch or model.norm = "affine"'
+            f"train.batch_size = 1 cannot train the BatchNorm layers of model {m.name!r}; use a "
+            "larger batch" + (' or model.norm = "affine"' if "norm" in model_options(m) else "")
         )
     _choice("train.lr_schedule", t.lr_schedule, SCHEDULES)
     _choice("eval.sample", e.sample, SAMPLE_CHOICES)
@@ -319,15 +386,12 @@ def check(cfg: Config) -> Config:
     _positive("train.checkpoint_every", t.checkpoint_every, allow_zero=True)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device):
         raise UserError(f"train.device must be one of {', '.join(DEVICE_NAMES)}, got {t.device!r}")
-    _choice("data.name", d.name, data_lib.names())
     _choice("data.augment", d.augment, data_lib.AUGMENTS)
     _positive("data.crop_padding", d.crop_padding, allow_zero=True)
     if not 0.0 <= d.val_fraction < 1.0:
         raise UserError(f"data.val_fraction must lie in [0, 1), got {d.val_fraction!r}")
     if d.augment != "none" and len(data_lib.get(d.name).input_shape) != 3:
         raise UserError(f"data.augment = {d.augment!r} needs image data; {d.name} is not")
-    if m.name not in FLAT_MODELS and len(data_lib.get(d.name).input_shape) != 3:
-        raise UserError(f'model {m.name!r} needs image data; use model.name = "mlp" for {d.name}')
     return cfg
 
 

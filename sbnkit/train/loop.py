@@ -27,16 +27,16 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import data as data_lib
-from .. import estimators
+from .. import estimators, models
 from .. import optim as optim_lib
 from ..devices import resolve_device
 from ..distributed import Cluster, agree, all_reduce_gradients, join
 from ..errors import Stopped, StopSignal, UserError
 from ..estimators import Estimator
-from ..models import MODELS, data_init_
+from ..models import data_init_
 from ..weights import BernoulliWeight, clip_latents_, latent_parameters, real_parameters
 from . import state
-from .config import Config, OptimizerConfig, latent_method
+from .config import Config, OptimizerConfig, latent_method, model_options
 from .metrics import evaluate, final_metrics
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
@@ -58,45 +58,11 @@ def weight_factory(cfg: Config) -> Callable[[], nn.Module]:
 
 def build_model(cfg: Config) -> nn.Module:
     """The model of ``cfg.model`` for the shapes of ``cfg.data`` (not yet data-initialised),
-    its binary weights parametrized by the ``[optim.latent]`` method."""
-    m, ds = cfg.model, data_lib.get(cfg.data.name)
-    weight = weight_factory(cfg)
-    if m.name in ("vgg16", "resnet18", "vgg_binaryconnect", "mlp_binaryconnect"):
-        binary = dict(
-            width=m.width,
-            binary_weights=m.binary_weights,
-            binary_first=m.binary_first,
-            binary_head=m.binary_head,
-            weight=weight,
-        )
-        if m.name == "mlp_binaryconnect":
-            n_in = math.prod(ds.input_shape)
-            return MODELS[m.name](n_in, ds.num_classes, input_shape=ds.input_shape, **binary)
-        return MODELS[m.name](ds.input_shape[0], ds.num_classes, ds.input_shape[-1], **binary)
-    options = dict(
-        norm=m.norm,
-        binary_weights=m.binary_weights,
-        binary_first=m.binary_first,
-        binary_head=m.binary_head,
-        noise=m.noise,
-        noise_scale=m.noise_scale,
-        weight_noise=m.weight_noise,
-        weight_noise_scale=m.weight_noise_scale,
-        weight_mode=m.weight_mode,
-        latent_clip=m.latent_clip or None,
-        weight=weight,
-    )
-    if m.name == "mlp":
-        n_in = math.prod(ds.input_shape)
-        return MODELS["mlp"](
-            [n_in, *m.hidden, ds.num_classes], input_shape=ds.input_shape, **options
-        )
-    channels, height, width = ds.input_shape
-    if height != width:
-        raise UserError(f"model {m.name!r} needs square images, {ds.name} has {height}×{width}")
-    if m.name == "convnet":
-        return MODELS["convnet"](channels, ds.num_classes, m.channels, height, **options)
-    return MODELS[m.name](channels, ds.num_classes, height, **options)
+    its binary weights parametrized by the ``[optim.latent]`` method. Raises
+    :class:`~sbnkit.errors.UserError` for an unknown model or a bad option."""
+    ds = data_lib.get(cfg.data.name)
+    options = model_options(cfg.model, weight=weight_factory(cfg))
+    return models.get(cfg.model.name)(ds.input_shape, ds.num_classes, **options)
 
 
 def _optimizer(params: list[nn.Parameter], o: OptimizerConfig) -> torch.optim.Optimizer:
