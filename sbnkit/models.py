@@ -131,13 +131,13 @@ def register(name: str, *, replace: bool = False) -> Callable[[Builder], Builder
     """
 
     def decorate(builder: Builder) -> Builder:
-        problem = _signature_problem(builder)
-        if problem:
-            raise UserError(f"cannot register model builder {name!r}: {problem}")
         if name in MODELS and not replace:
             raise UserError(
                 f"model {name!r} is already registered; pass replace=True to replace it"
             )
+        problem = _signature_problem(builder)
+        if problem:
+            raise UserError(f"cannot register model builder {name!r}: {problem}")
         known = list(inspect.signature(builder).parameters)[2:]
 
         @functools.wraps(builder)
@@ -212,8 +212,8 @@ def _sizes(model: str, option: str, sizes: Any) -> list[int]:
     ):
         raise OptionError(
             option,
-            f"{option} must be a non-empty array of positive integers (the {model} sizes between "
-            f"input and classes), got {sizes!r}",
+            f"{option} must be a non-empty array of positive integers, got {sizes!r} (model "
+            f"{model!r}: the {model} sizes between input and classes)",
         )
     return [int(s) for s in sizes]
 

@@ -34,18 +34,20 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from ..errors import UserError
-from .augment import AUGMENTS, augmenter
+from .augment import AUGMENTS, Augment, augmenter
 from .cifar import read_cifar_bin
 from .cifar_python import read_cifar_python, read_cifar_python_archive
 from .idx import read_idx
 from .toy import make_toy
 
-SPLITS = ("train", "test")
+Split = Literal["train", "test"]
+SPLITS: tuple[str, ...] = get_args(Split)
 DEFAULT_ROOTS: tuple[Path, ...] = (Path("/usr/share/datasets"), Path("~/.cache/sbnkit"))
 
 
@@ -157,7 +159,7 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Dataset:
-    """The registered data set ``name``."""
+    """The registered data set ``name``. Raises :class:`UserError` for an unknown name."""
     if name not in DATASETS:
         raise UserError(f"unknown data set {name!r}; known data sets: {', '.join(names())}")
     return DATASETS[name]
@@ -179,7 +181,8 @@ def candidate_folders(
     ds: Dataset, root: str | os.PathLike | None = None, folder: str | None = None
 ) -> list[Path]:
     """The folders searched for ``ds``, in order (see the module docstring); ``folder``: the
-    folder name of one distribution (default ``ds.folder``)."""
+    folder name of one distribution (default ``ds.folder``). Raises :class:`UserError` when
+    ``$SBNKIT_DATA`` is set but not a folder."""
     name = ds.folder if folder is None else folder
     if root:
         return [Path(root).expanduser(), Path(root).expanduser() / name]
@@ -199,11 +202,12 @@ def candidate_folders(
 
 
 def find_files(
-    name: str, split: str = "train", root: str | os.PathLike | None = None
+    name: str, split: Split = "train", root: str | os.PathLike | None = None
 ) -> list[Path]:
     """Paths of the files of ``split`` of data set ``name`` from the first folder holding all.
 
-    Raises :class:`UserError` when no folder holds them all.
+    Raises :class:`UserError` for an unknown data set or split, or when no folder holds them
+    all.
     """
     return _find(get(name), split, root)[0]
 
@@ -249,9 +253,14 @@ def _read_idx_pair(ds: Dataset, images: Path, labels: Path) -> tuple[np.ndarray,
 
 
 def load(
-    name: str, split: str = "train", root: str | os.PathLike | None = None, standardize: bool = True
+    name: str,
+    split: Split = "train",
+    root: str | os.PathLike | None = None,
+    standardize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x float32 [N, *input_shape], y int64 [N])`` of ``split`` (``train`` or ``test``)."""
+    """``(x float32 [N, *input_shape], y int64 [N])`` of ``split`` (``train`` or ``test``).
+    Raises :class:`UserError` for an unknown data set or split, missing files, or files that
+    cannot be read or are corrupt."""
     ds = get(name)
     _check_split(split)
     if name == "toy2d":
@@ -291,7 +300,8 @@ def load(
 def split_validation(
     x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int = 0
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """A seeded random ``(train, validation)`` split with ``round(fraction · N)`` held out."""
+    """A seeded random ``(train, validation)`` split with ``round(fraction · N)`` held out.
+    Raises :class:`UserError` for a ``fraction`` outside ``[0, 1)``."""
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"validation fraction must lie in [0, 1), got {fraction!r}")
     n_val = round(fraction * x.shape[0])
@@ -304,7 +314,8 @@ class Batches:
     """Mini-batches ``(x, y)`` of in-memory tensors, reshuffled with ``randperm`` on every pass.
 
     ``drop_last`` drops a final partial batch (unless it would be the only one); ``transform``
-    (e.g. an augmentation) is applied to each input batch.
+    (e.g. an augmentation) is applied to each input batch. Raises :class:`UserError` for a
+    non-positive ``batch_size`` or a label count that differs from the input count.
     """
 
     def __init__(
@@ -354,8 +365,11 @@ class Batches:
 __all__ = [
     "AUGMENTS",
     "DATASETS",
+    "SPLITS",
+    "Augment",
     "Batches",
     "Dataset",
+    "Split",
     "augmenter",
     "candidate_folders",
     "find_files",

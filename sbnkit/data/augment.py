@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal, get_args
+
 import torch
 
 from ..errors import UserError
 
-AUGMENTS = ("none", "flip", "crop", "flipcrop")
+__all__ = ["AUGMENTS", "Augment", "augmenter", "random_crop", "random_flip"]
+
+Augment = Literal["none", "flip", "crop", "flipcrop"]
+AUGMENTS: tuple[str, ...] = get_args(Augment)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -31,8 +37,12 @@ def random_crop(
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
-def augmenter(kind: str, padding: int = 4, generator: torch.Generator | None = None):
-    """A function ``x -> augmented x`` for ``kind`` in :data:`AUGMENTS` (``None`` for none)."""
+def augmenter(
+    kind: Augment, padding: int = 4, generator: torch.Generator | None = None
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A function ``x -> augmented x`` for ``kind`` in :data:`AUGMENTS` (``None`` for none).
+    Raises :class:`UserError` for an unknown kind; the function raises it for a batch that is
+    not ``[B, C, H, W]``."""
     if kind not in AUGMENTS:
         raise UserError(f"unknown augmentation {kind!r}; known: {', '.join(AUGMENTS)}")
     if kind == "none":

@@ -14,6 +14,8 @@ import numpy as np
 
 from ..errors import UserError
 
+__all__ = ["IMAGE_BYTES", "read_cifar_bin", "write_cifar_bin"]
+
 IMAGE_BYTES = 3 * 32 * 32
 
 
@@ -23,6 +25,7 @@ def read_cifar_bin(
     """``(images uint8 [N, 3, 32, 32], labels int64 [N])`` from one binary CIFAR file.
 
     ``label_bytes`` is 1 for CIFAR-10 and 2 for CIFAR-100 (the last label byte is used).
+    Raises :class:`UserError` for a corrupt file (a partial record, a label out of range).
     """
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8)

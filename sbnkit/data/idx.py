@@ -17,6 +17,8 @@ import numpy as np
 
 from ..errors import UserError
 
+__all__ = ["CODES", "DTYPES", "read_idx", "write_idx"]
+
 DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
@@ -48,6 +50,8 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     """The array stored in the IDX file ``path`` (gzip detected by its magic bytes).
 
     ``ndim``: the expected number of dimensions (e.g. 3 for images, 1 for labels), if known.
+    Raises :class:`UserError` for a file that cannot be read or is not a valid IDX file (of
+    ``ndim`` dimensions).
     """
     path = Path(path)
     data = _read_bytes(path)
@@ -73,7 +77,8 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:
-    """Write ``array`` as an IDX file; gzip it if ``compress`` (default: name ends in ``.gz``)."""
+    """Write ``array`` as an IDX file; gzip it if ``compress`` (default: name ends in ``.gz``).
+    Raises :class:`UserError` for a dtype IDX cannot store."""
     path = Path(path)
     array = np.asarray(array)
     dtype = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype

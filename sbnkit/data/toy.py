@@ -9,6 +9,8 @@ import torch
 
 from ..errors import UserError
 
+__all__ = ["make_toy"]
+
 
 def _uniform(
     n: int, low: float, high: float, gen: torch.Generator, dtype: torch.dtype
@@ -23,7 +25,8 @@ def make_toy(
 
     Class +1: ``x1 ~ U(-π/2, π/2)``, ``x2 ~ U(0, 1)``. Class -1: ``(x1, x2) ~ U(-π/2, π/2) ×
     U(-1, 1)`` rejection-sampled to keep ``x2 < cos(x1)``. The classes overlap where
-    ``0 <= x2 < cos(x1)``, so no classifier is perfect.
+    ``0 <= x2 < cos(x1)``, so no classifier is perfect. Raises :class:`UserError` unless
+    ``n_per_class`` is a positive integer.
     """
     if not isinstance(n_per_class, int) or n_per_class < 1:
         raise UserError(f"n_per_class must be a positive integer, got {n_per_class!r}")

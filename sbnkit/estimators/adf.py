@@ -24,6 +24,7 @@ takes the loss at the mean logits ``μ_L`` (deterministic) and ``local_reparam``
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -31,12 +32,15 @@ from torch import nn
 from ..errors import UserError
 from ..network import Head, Stage, along
 from ..noise import Logistic, Noise, Normal, Triangular, Uniform
-from .base import Estimator, LossFn, mean_loss
+from .base import Estimator, LossFn, mean_loss, register
 from .walk import op_with_weight, path_modules, sampled_bernoulli
+
+__all__ = ["ADF", "OUTPUTS", "LocalReparam", "MomentPropagation", "Output", "noise_variance"]
 
 
 def noise_variance(noise: Noise) -> float:
-    """The variance of a unit's injected noise."""
+    """The variance of a unit's injected noise. Raises :class:`UserError` for a noise of
+    unknown variance."""
     if isinstance(noise, Logistic):
         return noise.scale**2 * math.pi**2 / 3.0
     if isinstance(noise, Normal):
@@ -79,21 +83,23 @@ def _head_moments(
     return _moments(head.linear, m, v)
 
 
-OUTPUTS = ("mean", "sample")
+Output = Literal["mean", "sample"]
+OUTPUTS: tuple[str, ...] = get_args(Output)
 
 
 class MomentPropagation(Estimator):
-    """ADF or the local reparameterization (see the module docstring).
+    """The base of ADF and the local reparameterization (see the module docstring).
 
-    ``sample_units``: sample each pre-activation from ``N(μ, ν)``; ``output``: the loss at the
-    mean logits (``mean``) or at a Gaussian sample of them (``sample``).
+    :attr:`sample_units`: sample each pre-activation from ``N(μ, ν)``; ``output``: the loss at
+    the mean logits (``mean``) or at a Gaussian sample of them (``sample``). Raises
+    :class:`UserError` for an unknown ``output``.
     """
 
-    def __init__(self, name: str, sample_units: bool, output: str) -> None:
+    sample_units: bool = False
+
+    def __init__(self, output: Output) -> None:
         if output not in OUTPUTS:
-            raise UserError(f"unknown {name} output {output!r}; known: {', '.join(OUTPUTS)}")
-        self.name = name
-        self.sample_units = sample_units
+            raise UserError(f"unknown {self.name} output {output!r}; known: {', '.join(OUTPUTS)}")
         self.output = output
 
     def surrogate(
@@ -127,11 +133,21 @@ class MomentPropagation(Estimator):
         return torch.sqrt(var.clamp_min(torch.finfo(var.dtype).tiny))
 
 
-def adf(output: str = "mean") -> MomentPropagation:
-    """ADF / AP2: deterministic moment propagation; ``output="sample"`` samples the logits."""
-    return MomentPropagation("adf", False, output)
+@register("adf")
+class ADF(MomentPropagation):
+    """ADF / AP2: deterministic moment propagation; ``output="sample"`` samples the logits.
+    Raises :class:`UserError` for an unknown ``output``."""
+
+    def __init__(self, output: Output = "mean") -> None:
+        super().__init__(output)
 
 
-def local_reparam(output: str = "sample") -> MomentPropagation:
-    """The local reparameterization: sampled pre-activations, propagated unit moments."""
-    return MomentPropagation("local_reparam", True, output)
+@register("local_reparam")
+class LocalReparam(MomentPropagation):
+    """The local reparameterization: sampled pre-activations, propagated unit moments. Raises
+    :class:`UserError` for an unknown ``output``."""
+
+    sample_units = True
+
+    def __init__(self, output: Output = "sample") -> None:
+        super().__init__(output)

@@ -24,12 +24,15 @@ from torch import nn
 from ..errors import UserError
 from ..network import SBN, Stage
 from ..noise import Noise
-from .base import Estimator, LossFn, per_example
+from .base import Estimator, LossFn, per_example, register
 from .walk import apply_op, path_modules, sampled_bernoulli
+
+__all__ = ["Exact", "refuse_batchnorm_training", "state_table"]
 
 
 def refuse_batchnorm_training(mods: list[nn.Module], estimator: str) -> None:
-    """BatchNorm in training mode couples the examples of a batch; refuse it."""
+    """BatchNorm in training mode couples the examples of a batch: raise :class:`UserError`
+    if one of ``mods`` has it."""
     for k, m in enumerate(mods):
         norm = getattr(m, "norm", None)
         if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) and norm.training:
@@ -113,6 +116,7 @@ def _log_transition(noise: Noise, a: torch.Tensor, states01: torch.Tensor) -> to
     return noise.log_cdf(a) @ states01.T + noise.log_cdf(-a) @ (1.0 - states01).T
 
 
+@register("exact")
 class Exact(Estimator):
     """The exact mean expected loss ``mean_b Σ_states P(states | x_b) loss_b``, differentiable.
 
@@ -120,10 +124,9 @@ class Exact(Estimator):
     ``N_w · 2^{n_{k-1}} · 2^{n_k}`` (``N_w`` = joint configurations of the sampled binary weights,
     ``n_0 = 0`` for the stage reading the input); larger models raise :class:`UserError`.
     ``chunk`` bounds the elements of one batch chunk's ``[b, N_w, 2^{n_k}]`` tensors.
-    Use float64 models for reference values. BatchNorm must be in eval mode.
+    Use float64 models for reference values. BatchNorm must be in eval mode. Raises
+    :class:`UserError` for non-positive ``max_states`` or ``chunk``.
     """
-
-    name = "exact"
 
     def __init__(self, max_states: int = 2**20, chunk: int = 2**24) -> None:
         if int(max_states) < 1 or int(chunk) < 1:
@@ -210,8 +213,3 @@ def _expected_losses(
     if log_pw is not None:
         expected = expected * torch.exp(log_pw)
     return expected.sum(1)
-
-
-def exact(max_states: int = 2**20, chunk: int = 2**24) -> Exact:
-    """Exact enumeration (see :class:`Exact`)."""
-    return Exact(max_states, chunk)

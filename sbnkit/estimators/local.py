@@ -8,16 +8,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..units import Rule, using_rule
-from .base import Estimator, LossFn, mean_loss
+from ..units import ProxyName, Rule, using_rule
+from .base import Estimator, LossFn, mean_loss, register
+
+__all__ = ["ST", "Concrete", "DetST", "HardST", "LocalEstimator", "Mean"]
 
 
 class LocalEstimator(Estimator):
-    """Forward the model with one unit rule (st, det_st, hard_st, concrete, mean), backprop."""
+    """Forward the model with the units' rule :attr:`rule`, backprop (the base of st, det_st,
+    hard_st, concrete, mean)."""
 
-    def __init__(self, name: str, rule: Rule) -> None:
-        self.name = name
-        self.rule = rule
+    rule: Rule
 
     def surrogate(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
@@ -27,26 +28,44 @@ class LocalEstimator(Estimator):
         return mean_loss(loss_fn(logits, y), x.shape[0])
 
 
-def st(proxy: str = "noise") -> LocalEstimator:
-    """Principled ST: sampled forward, backward ``2 p(a)`` (``proxy`` overrides it)."""
-    return LocalEstimator("st", Rule("st", proxy))
+@register("st")
+class ST(LocalEstimator):
+    """Principled ST: sampled forward, backward ``2 p(a)`` (``proxy`` overrides it). Raises
+    :class:`UserError` for an unknown proxy."""
+
+    def __init__(self, proxy: ProxyName = "noise") -> None:
+        self.rule = Rule("st", proxy)
 
 
-def hard_st() -> LocalEstimator:
+@register("hard_st")
+class HardST(LocalEstimator):
     """The PSA paper's Hard ST: sampled forward, backward ``1[|a| <= 1]``."""
-    return LocalEstimator("hard_st", Rule("st", "htanh"))
+
+    def __init__(self) -> None:
+        self.rule = Rule("st", "htanh")
 
 
-def det_st(proxy: str = "htanh", beta: float = 5.0) -> LocalEstimator:
-    """Deterministic ST: forward ``sign(a)``, backward through ``proxy`` (Hubara: htanh)."""
-    return LocalEstimator("det_st", Rule("det_st", proxy, beta=beta))
+@register("det_st")
+class DetST(LocalEstimator):
+    """Deterministic ST: forward ``sign(a)``, backward through ``proxy`` (Hubara: htanh);
+    ``beta`` is the swishsign proxy's. Raises :class:`UserError` for an unknown proxy."""
+
+    def __init__(self, proxy: ProxyName = "htanh", beta: float = 5.0) -> None:
+        self.rule = Rule("det_st", proxy, beta=beta)
 
 
-def concrete(tau: float = 1.0) -> LocalEstimator:
-    """Concrete relaxation ``tanh((a - z)/(2 tau))`` with the pathwise gradient."""
-    return LocalEstimator("concrete", Rule("concrete", tau=tau))
+@register("concrete")
+class Concrete(LocalEstimator):
+    """Concrete relaxation ``tanh((a - z)/(2 tau))`` with the pathwise gradient. Raises
+    :class:`UserError` for a non-positive ``tau``."""
+
+    def __init__(self, tau: float = 1.0) -> None:
+        self.rule = Rule("concrete", tau=tau)
 
 
-def mean() -> LocalEstimator:
+@register("mean")
+class Mean(LocalEstimator):
     """The deterministic network of means ``E[x|a]`` (AP1), exact gradient of that surrogate."""
-    return LocalEstimator("mean", Rule("mean"))
+
+    def __init__(self) -> None:
+        self.rule = Rule("mean")

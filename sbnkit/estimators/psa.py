@@ -59,8 +59,10 @@ from .. import kernels
 from ..errors import UserError
 from ..network import SBN, Stage, along
 from ..noise import Logistic
-from .base import Estimator, LossFn, per_example
+from .base import Estimator, LossFn, per_example, register
 from .walk import op_with_weight, path_modules, sampled_bernoulli
+
+__all__ = ["PSA"]
 
 
 def _conv_geometry(op: nn.Conv2d) -> tuple[int, int]:
@@ -198,18 +200,22 @@ def _weight_flip_direct(
     return total.view(wt.shape)
 
 
+@register("psa")
 class PSA(Estimator):
     """The PSA estimator (see the module docstring).
 
     ``kernel``/``tol``/``order`` select the flip-difference kernel (:mod:`sbnkit.kernels`);
     ``chunk`` bounds the elements of the ``[B, n, K]`` flipped-logit tensor and of the direct
-    weight contraction per step.
+    weight contraction per step. Raises :class:`UserError` for an unknown kernel or a
+    non-positive ``chunk``.
     """
 
-    name = "psa"
-
     def __init__(
-        self, kernel: str = "auto", tol: float = 1e-3, order: int | None = None, chunk: int = 2**22
+        self,
+        kernel: kernels.KernelName = "auto",
+        tol: float = 1e-3,
+        order: int | None = None,
+        chunk: int = 2**22,
     ) -> None:
         if kernel not in kernels.KERNELS:
             known = ", ".join(kernels.KERNELS)
@@ -294,10 +300,3 @@ class PSA(Estimator):
             f_i = loss_fn(eta_i.reshape(batch * count, -1), y.repeat_interleave(count, dim=0))
             flipped = flipped + (pi[:, sl] * f_i.view(batch, count)).sum(1)
         return ((1.0 - pi.sum(1)) * f0 + flipped).mean()
-
-
-def psa(
-    kernel: str = "auto", tol: float = 1e-3, order: int | None = None, chunk: int = 2**22
-) -> PSA:
-    """PSA (see :class:`PSA`); ``kernel`` in ``auto``, ``reference``, ``fused``, ``series``."""
-    return PSA(kernel, tol, order, chunk)

@@ -10,8 +10,10 @@ from torch.nn.utils import parametrize
 from ..errors import UserError
 from ..network import SBN, Head, Stage
 from ..noise import Logistic
-from .base import Estimator, LossFn, per_example
+from .base import Estimator, LossFn, per_example, register
 from .walk import op_with_weight, path_modules, sampled_bernoulli
+
+__all__ = ["ARM", "Reinforce"]
 
 
 def _detached_op(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +48,7 @@ def _sampled_losses(
     return per_example(loss_fn(head(h), y), h.shape[0])
 
 
+@register("reinforce")
 class Reinforce(Estimator):
     """REINFORCE: ``E + (E - b)·(S - S.detach())`` per example, ``S = Σ log F(x_j a_j)``.
 
@@ -54,10 +57,8 @@ class Reinforce(Estimator):
     S_w.detach())`` with ``S_w = Σ log F_w(w · η)``. The head's real parameters get the pathwise
     gradient. ``baseline=True`` sets ``b`` to a running mean of the batch loss
     (``b ← decay · b + (1 - decay) · mean E``, updated after use, 0 at the first call); else
-    ``b = 0`` as in the PSA paper.
+    ``b = 0`` as in the PSA paper. Raises :class:`UserError` for a ``decay`` outside ``[0, 1)``.
     """
-
-    name = "reinforce"
 
     def __init__(self, baseline: bool = False, decay: float = 0.9) -> None:
         if not 0.0 <= float(decay) < 1.0:
@@ -97,6 +98,7 @@ class Reinforce(Estimator):
         return losses.mean() + score
 
 
+@register("arm")
 class ARM(Estimator):
     """ARM (Yin & Zhou 2019) per binary stage, for logistic noise of scale ``s``.
 
@@ -109,8 +111,6 @@ class ARM(Estimator):
     ``b1``, itself a sample; the head gets the pathwise gradient. Unbiased; 2 extra downstream
     passes per stage. Sampled Bernoulli weights are refused (use reinforce, psa or exact).
     """
-
-    name = "arm"
 
     def surrogate(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
@@ -148,13 +148,3 @@ def _check_arm(sbn: SBN, mods: list[nn.Module]) -> None:
         raise UserError(
             "arm does not handle sampled Bernoulli weights; use 'reinforce', 'psa' or 'exact'"
         )
-
-
-def reinforce(baseline: bool = False, decay: float = 0.9) -> Reinforce:
-    """REINFORCE (see :class:`Reinforce`)."""
-    return Reinforce(baseline, decay)
-
-
-def arm() -> ARM:
-    """ARM (see :class:`ARM`)."""
-    return ARM()

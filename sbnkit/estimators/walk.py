@@ -16,11 +16,14 @@ from ..network import SBN, Stage
 from ..weights import BernoulliWeight
 from .base import require_sbn
 
+__all__ = ["apply_op", "op_with_weight", "path_modules", "sampled_bernoulli"]
+
 
 def path_modules(model: nn.Module, estimator: str) -> tuple[SBN, list[nn.Module]]:
     """The SBN and its stages, refusing modules a path estimator cannot walk.
 
-    Accepted: :class:`Stage` and ``nn.Flatten`` (which only reshapes).
+    Accepted: :class:`Stage` and ``nn.Flatten`` (which only reshapes). Raises
+    :class:`UserError` for a model that is not an SBN or holds other modules.
     """
     sbn = require_sbn(model, estimator)
     mods = list(sbn.stages)
@@ -35,7 +38,8 @@ def path_modules(model: nn.Module, estimator: str) -> tuple[SBN, list[nn.Module]
 
 
 def sampled_bernoulli(op: nn.Module) -> BernoulliWeight | None:
-    """``op``'s Bernoulli parametrization if its weight is sampled, else ``None``."""
+    """``op``'s Bernoulli parametrization if its weight is sampled, else ``None``. Raises
+    :class:`UserError` for a sampled weight with other parametrizations stacked on it."""
     if not nn.utils.parametrize.is_parametrized(op, "weight"):
         return None
     plist = list(op.parametrizations.weight)
@@ -69,5 +73,6 @@ def apply_op(
 def op_with_weight(
     op: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: bool = True
 ) -> torch.Tensor:
-    """``op(x)`` (a Linear or Conv2d) with an explicit ``weight``, and its bias if ``bias``."""
+    """``op(x)`` (a Linear or Conv2d) with an explicit ``weight``, and its bias if ``bias``.
+    Raises :class:`UserError` as :func:`apply_op` does."""
     return apply_op(op, x, weight, op.bias if bias else None)

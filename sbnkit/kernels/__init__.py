@@ -33,6 +33,8 @@ The fused kernel is 8-17x faster than the reference, the series 16-37x.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from sbnkit.errors import UserError
@@ -55,11 +57,13 @@ from .series import (
     series_supported,
 )
 
-KERNELS = ("auto", "reference", "fused", "series")
+KernelName = Literal["auto", "reference", "fused", "series"]
+KERNELS: tuple[str, ...] = get_args(KernelName)
 
 __all__ = [
     "KERNELS",
     "N_MAX",
+    "KernelName",
     "SeriesUnsupportedError",
     "choose_kernel",
     "flip_delta_conv2d",
@@ -99,11 +103,12 @@ def _series_cheaper(order: int, a: torch.Tensor, W: torch.Tensor) -> bool:
 def choose_kernel(
     a: torch.Tensor,
     W: torch.Tensor,
-    kernel: str = "auto",
+    kernel: KernelName = "auto",
     tol: float = 1e-3,
     order: int | None = None,
-) -> str:
-    """The kernel that ``kernel`` resolves to for pre-activations ``a`` and weights ``W``."""
+) -> KernelName:
+    """The kernel that ``kernel`` resolves to for pre-activations ``a`` and weights ``W``.
+    Raises :class:`UserError` for an unknown kernel."""
     _check_name(kernel)
     if kernel != "auto":
         return kernel
@@ -120,14 +125,16 @@ def flip_delta_dense(
     a: torch.Tensor,
     W: torch.Tensor,
     x: torch.Tensor,
-    kernel: str = "auto",
+    kernel: KernelName = "auto",
     tol: float = 1e-3,
     order: int | None = None,
 ) -> torch.Tensor:
     """``g[b,i] = Σ_j G[b,j] (σ(a[b,j] - 2 W[j,i] x[b,i]) - σ(a[b,j]))``, shape ``[B, n_in]``.
 
     ``G, a: [B, n_out]``, ``W: [n_out, n_in]``, ``x: [B, n_in]`` with entries ±1. ``tol`` and
-    ``order`` apply to the series kernel only.
+    ``order`` apply to the series kernel only. Raises :class:`UserError` for an unknown kernel,
+    inconsistent shapes or dtypes, and :class:`SeriesUnsupportedError` when the series kernel is
+    asked for weights too large for it.
     """
     _check_name(kernel)
     check_dense(G, a, W, x)
@@ -146,7 +153,7 @@ def flip_delta_conv2d(
     x: torch.Tensor,
     stride: int | tuple[int, int],
     padding: int | tuple[int, int],
-    kernel: str = "auto",
+    kernel: KernelName = "auto",
     tol: float = 1e-3,
     order: int | None = None,
 ) -> torch.Tensor:
@@ -154,7 +161,8 @@ def flip_delta_conv2d(
 
     ``g[b,r,h,w] = Σ G[b,c,oh,ow] (σ(a[b,c,oh,ow] - 2 W[c,r,kh,kw] x[b,r,h,w]) - σ(a[b,c,oh,ow]))``
     over ``c`` and ``(oh, ow, kh, kw)`` with ``oh·s - p + kh = h``, ``ow·s - p + kw = w``;
-    ``G, a: [B, C_out, H', W']``, ``W: [C_out, C_in, K, K]``.
+    ``G, a: [B, C_out, H', W']``, ``W: [C_out, C_in, K, K]``. Raises as
+    :func:`flip_delta_dense` does.
     """
     _check_name(kernel)
     check_conv2d(G, a, W, x, stride, padding)

@@ -41,6 +41,8 @@ from .reference import (
     flip_delta_dense_reference,
 )
 
+__all__ = ["flip_delta_conv2d_fused", "flip_delta_dense_fused"]
+
 CLAMP_A = {torch.float32: 60.0, torch.float64: 660.0}
 CLAMP_D = {torch.float32: 77.0, torch.float64: 700.0}
 TILE = 16
@@ -95,7 +97,8 @@ def _run(
 def flip_delta_dense_fused(
     G: torch.Tensor, a: torch.Tensor, W: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
-    """``g[b,i] = Σ_j G[b,j] (σ(a[b,j] - 2 W[j,i] x[b,i]) - σ(a[b,j]))``, exact, fused on CPU."""
+    """``g[b,i] = Σ_j G[b,j] (σ(a[b,j] - 2 W[j,i] x[b,i]) - σ(a[b,j]))``, exact, fused on CPU.
+    Raises :class:`UserError` for inconsistent shapes or dtypes."""
     check_dense(G, a, W, x)
     if x.device.type != "cpu":
         return flip_delta_dense_reference(G, a, W, x)
@@ -114,7 +117,8 @@ def flip_delta_conv2d_fused(
     stride: int | tuple[int, int],
     padding: int | tuple[int, int],
 ) -> torch.Tensor:
-    """Conv flip difference (see :mod:`.reference`), exact, fused on CPU."""
+    """Conv flip difference (see :mod:`.reference`), exact, fused on CPU. Raises
+    :class:`UserError` for inconsistent shapes, dtypes, stride or padding."""
     s, p = check_conv2d(G, a, W, x, stride, padding)
     if x.device.type != "cpu":
         return flip_delta_conv2d_reference(G, a, W, x, s, p)

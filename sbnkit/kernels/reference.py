@@ -20,6 +20,14 @@ import torch.nn.functional as F
 
 from sbnkit.errors import UserError
 
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "check_conv2d",
+    "check_dense",
+    "flip_delta_conv2d_reference",
+    "flip_delta_dense_reference",
+]
+
 CHUNK_ELEMENTS = 1 << 22
 
 
@@ -103,7 +111,8 @@ def check_conv2d(
 def flip_delta_dense_reference(
     G: torch.Tensor, a: torch.Tensor, W: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
-    """``g[b,i] = Σ_j G[b,j] (σ(a[b,j] - 2 W[j,i] x[b,i]) - σ(a[b,j]))`` by chunked broadcasting."""
+    """``g[b,i] = Σ_j G[b,j] (σ(a[b,j] - 2 W[j,i] x[b,i]) - σ(a[b,j]))`` by chunked broadcasting.
+    Raises :class:`UserError` for inconsistent shapes or dtypes."""
     check_dense(G, a, W, x)
     with torch.no_grad():
         batch, n_out = a.shape
@@ -132,7 +141,8 @@ def flip_delta_conv2d_reference(
     stride: int | tuple[int, int],
     padding: int | tuple[int, int],
 ) -> torch.Tensor:
-    """Conv flip difference (module docstring) by ``unfold``, per-patch dense formula, ``fold``."""
+    """Conv flip difference (module docstring) by ``unfold``, per-patch dense formula, ``fold``.
+    Raises :class:`UserError` for inconsistent shapes, dtypes, stride or padding."""
     s, p = check_conv2d(G, a, W, x, stride, padding)
     with torch.no_grad():
         batch, c_out, ho, wo = a.shape

@@ -54,6 +54,18 @@ from sbnkit.errors import UserError
 
 from .reference import check_conv2d, check_dense
 
+__all__ = [
+    "N_MAX",
+    "SeriesUnsupportedError",
+    "derivative_polynomials",
+    "flip_delta_conv2d_series",
+    "flip_delta_dense_series",
+    "max_step",
+    "remainder_bounds",
+    "select_order",
+    "series_supported",
+]
+
 N_MAX = 12
 ORDER_LIMIT = 24
 R_LIMIT = 3.0
@@ -128,6 +140,7 @@ def remainder_bounds(r: float) -> tuple[float, ...]:
     """``(ε_1(r), …, ε_{N_MAX}(r))``: per-term relative truncation bounds for ``max 2|W| ≤ r``.
 
     ``r`` is rounded up to a multiple of 1/256 (the bounds grow with r) so results are cached.
+    Raises ``ValueError`` unless ``0 < r < R_LIMIT``.
     """
     if not 0 < r < R_LIMIT:
         raise ValueError(f"remainder bounds need 0 < r < {R_LIMIT}, got {r}")
@@ -135,7 +148,8 @@ def remainder_bounds(r: float) -> tuple[float, ...]:
 
 
 def select_order(r: float, tol: float = 1e-3) -> int | None:
-    """Smallest ``N ≤ N_MAX`` with ``ε_N(r) ≤ tol`` (module docstring), or ``None`` if none."""
+    """Smallest ``N ≤ N_MAX`` with ``ε_N(r) ≤ tol`` (module docstring), or ``None`` if none.
+    Raises :class:`UserError` for a non-positive ``tol``."""
     if not tol > 0:
         raise UserError(f"series kernel: tol must be > 0, got {tol}")
     if r == 0:
@@ -244,7 +258,9 @@ def flip_delta_dense_series(
     tol: float = 1e-3,
     order: int | None = None,
 ) -> torch.Tensor:
-    """``g ≈ Σ_{n ≤ N} ((-2)ⁿ/n!) xⁿ ⊙ ((G ⊙ σ⁽ⁿ⁾(a)) @ Wⁿ)``; N from ``tol`` or ``order``."""
+    """``g ≈ Σ_{n ≤ N} ((-2)ⁿ/n!) xⁿ ⊙ ((G ⊙ σ⁽ⁿ⁾(a)) @ Wⁿ)``; N from ``tol`` or ``order``.
+    Raises :class:`UserError` for inconsistent shapes or dtypes and
+    :class:`SeriesUnsupportedError` for weights too large for ``tol``."""
     check_dense(G, a, W, x)
     n = _order(W, tol, order)
     with torch.no_grad():
@@ -272,7 +288,8 @@ def flip_delta_conv2d_series(
     tol: float = 1e-3,
     order: int | None = None,
 ) -> torch.Tensor:
-    """``g ≈ Σ_{n ≤ N} ((-2)ⁿ/n!) xⁿ ⊙ conv2d_input(x.shape, Wⁿ, G ⊙ σ⁽ⁿ⁾(a))``."""
+    """``g ≈ Σ_{n ≤ N} ((-2)ⁿ/n!) xⁿ ⊙ conv2d_input(x.shape, Wⁿ, G ⊙ σ⁽ⁿ⁾(a))``. Raises as
+    :func:`flip_delta_dense_series` does."""
     s, p = check_conv2d(G, a, W, x, stride, padding)
     n = _order(W, tol, order)
     with torch.no_grad():

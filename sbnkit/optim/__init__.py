@@ -23,15 +23,16 @@ Per-epoch and per-step schedules are hooks (:class:`Schedules`). Functional form
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from ..errors import UserError
-from ..weights import BernoulliWeight, LatentWeight, make_binary
+from ..weights import BernoulliWeight, LatentWeight, WeightMode, make_binary
 from . import functional
 from ._checks import at_least, choice, in_range, positive
 from .adaste import AdaSTE, AdaSTEWeight
@@ -42,34 +43,46 @@ from .md_tanh_s import TanhWeight
 from .schedule import Schedules
 
 __all__ = [
+    "BASES",
     "METHODS",
+    "MIRRORS",
     "AdaSTE",
     "AdaSTEWeight",
     "BayesBiNN",
     "BayesBiNNWeight",
+    "Base",
     "BinaryConnect",
     "Bop",
     "Method",
+    "Mirror",
     "Schedules",
     "SignWeight",
     "TanhWeight",
     "attach",
+    "binaryconnect_weight",
     "functional",
     "get",
+    "md_optimizer",
+    "md_weight",
     "names",
+    "tanh_optimizer",
 ]
 
+Mirror = Literal["tanh", "clip"]
+Base = Literal["adam", "sgd"]
 MIRRORS = {"tanh": ("logistic", 0.5), "clip": ("uniform", 1.0)}
+BASES: tuple[str, ...] = get_args(Base)
 
 
 def md_weight(
-    mirror: str = "tanh",
-    mode: str = "sample",
+    mirror: Mirror = "tanh",
+    mode: WeightMode = "sample",
     clip: float | None = None,
     init_scale: float = 1.0,
 ) -> BernoulliWeight:
     """Bernoulli weights for mirror descent: ``mirror`` ``"tanh"`` (logistic noise of scale ½,
-    ``E[w] = tanh η``) or ``"clip"`` (uniform noise on ``[-1, 1]``, ``E[w] = clip(η, -1, 1)``)."""
+    ``E[w] = tanh η``) or ``"clip"`` (uniform noise on ``[-1, 1]``, ``E[w] = clip(η, -1, 1)``).
+    Raises :class:`UserError` for an unknown mirror or mode, or a bad ``clip``."""
     noise, scale = MIRRORS[choice("mirror", mirror, tuple(MIRRORS))]
     return BernoulliWeight(noise, scale, mode, clip, init_scale)
 
@@ -77,7 +90,7 @@ def md_weight(
 def md_optimizer(
     params: Iterable[torch.Tensor] | Iterable[dict],
     lr: float = 0.01,
-    base: str = "adam",
+    base: Base = "adam",
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
@@ -86,7 +99,7 @@ def md_optimizer(
     decay, i.e. the KL to the uniform prior. Raises ``UserError`` for bad values."""
     positive("lr", lr)
     at_least("weight_decay", weight_decay, 0.0)
-    if choice("base", base, ("adam", "sgd")) == "adam":
+    if choice("base", base, BASES) == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     in_range("momentum", momentum, 0.0, 1.0)
     return torch.optim.SGD(
@@ -103,25 +116,49 @@ def tanh_optimizer(
 
 def binaryconnect_weight(init_scale: float = 0.5) -> BernoulliWeight:
     """BinaryConnect weights: ``sign η`` forward, identity backward, latents clipped to ``[-1, 1]``
-    (uniform noise, so weight mode ``"sample"`` is stochastic BinaryConnect)."""
+    (uniform noise, so weight mode ``"sample"`` is stochastic BinaryConnect). Raises
+    :class:`UserError` for a bad ``init_scale``."""
     return BernoulliWeight("uniform", 1.0, "mode", 1.0, init_scale)
+
+
+def _defaults(factory: Callable[..., Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``{key: default}`` of ``factory``'s parameters ``keys``, read from its signature."""
+    params = inspect.signature(factory).parameters
+    return {k: params[k].default for k in keys}
 
 
 @dataclass(frozen=True)
 class Method:
-    """A binary-weight method: its parametrization and optimizer factories and their defaults.
+    """A binary-weight method: its parametrization and optimizer factories and their options.
 
-    ``weight_options`` / ``optim_options`` are the keyword options (with defaults) of the two
-    factories; a key in both (AdaSTE's ``rule``) goes to both. ``required`` keys have no default.
+    ``weight_keys`` / ``optim_keys`` name the keyword options that the method exposes of the two
+    factories; :attr:`weight_options` / :attr:`optim_options` map them to their defaults, read
+    from the factories' signatures (the one place they are written). A key in both (AdaSTE's
+    ``rule``) goes to both. :attr:`required` are the optimizer's keywords without a default.
     """
 
     name: str
     summary: str
     parametrization: Callable[..., LatentWeight]
     optimizer: Callable[..., torch.optim.Optimizer]
-    weight_options: dict[str, Any] = field(default_factory=dict)
-    optim_options: dict[str, Any] = field(default_factory=dict)
-    required: tuple[str, ...] = ()
+    weight_keys: tuple[str, ...] = ()
+    optim_keys: tuple[str, ...] = ()
+    weight_options: dict[str, Any] = field(init=False)
+    optim_options: dict[str, Any] = field(init=False)
+    required: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        params = inspect.signature(self.optimizer).parameters.values()
+        required = tuple(
+            p.name
+            for p in params
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+        )
+        object.__setattr__(
+            self, "weight_options", _defaults(self.parametrization, self.weight_keys)
+        )
+        object.__setattr__(self, "optim_options", _defaults(self.optimizer, self.optim_keys))
+        object.__setattr__(self, "required", required)
 
     def split(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``options`` as ``(parametrization options, optimizer options)``.
@@ -168,50 +205,48 @@ METHODS: dict[str, Method] = {
             "sign forward, identity straight-through, Adam, latents clipped to [-1, 1]",
             binaryconnect_weight,
             BinaryConnect,
-            {"init_scale": 0.5},
-            {"lr": 1e-3, "weight_decay": 0.0, "clip": 1.0},
+            ("init_scale",),
+            ("lr", "weight_decay", "clip"),
         ),
         Method(
             "md",
             "Bernoulli weights, any optimizer on the latents (mirror descent)",
             md_weight,
             md_optimizer,
-            {"mirror": "tanh", "mode": "sample", "clip": None, "init_scale": 1.0},
-            {"lr": 0.01, "base": "adam", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+            ("mirror", "mode", "clip", "init_scale"),
+            ("lr", "base", "momentum", "nesterov", "weight_decay"),
         ),
         Method(
             "md_tanh_s",
             "w = tanh(beta theta), full straight-through, beta annealed per step, Adam",
             TanhWeight,
             tanh_optimizer,
-            {"beta": 1.0, "beta_scale": 1.2, "beta_interval": 2000, "beta_max": 1e35},
-            {"lr": 1e-3, "weight_decay": 0.0},
+            ("beta", "beta_scale", "beta_interval", "beta_max"),
+            ("lr", "weight_decay"),
         ),
         Method(
             "bayesbinn",
             "Bayesian learning rule for Bernoulli weights with relaxed samples",
             BayesBiNNWeight,
             BayesBiNN,
-            {"temperature": 1e-10, "init": 10.0},
-            {"lr": 1e-4, "momentum": 0.0, "train_scale": 1.0, "prior": 0.0, "kl_weight": 1.0},
-            ("train_size",),
+            ("temperature", "init"),
+            ("lr", "momentum", "train_scale", "prior", "kl_weight"),
         ),
         Method(
             "adaste",
             "adaptive straight-through: forward w*(theta), backward rho(theta, g) g",
             AdaSTEWeight,
             AdaSTE,
-            {"alpha": 0.01, "beta": 0.01, "beta_rate": 1.05, "rule": "code", "init": 10.0},
-            {"lr": 3e-4, "momentum": 0.9, "train_scale": 1.0, "kl_weight": 1.0, "rule": "code"},
-            ("train_size",),
+            ("alpha", "beta", "beta_rate", "rule", "init"),
+            ("lr", "momentum", "train_scale", "kl_weight", "rule"),
         ),
         Method(
             "bop",
             "binary optimizer: flip w where the gradient average agrees with w beyond a threshold",
             SignWeight,
             Bop,
-            {},
-            {"lr": 1e-4, "threshold": 1e-8},
+            (),
+            ("lr", "threshold"),
         ),
     )
 }

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 import torch
 
 from ..units import sign
-from ..weights import LatentWeight, check_weight_mode, straight_through
+from ..weights import LatentWeight, WeightMode, check_weight_mode, straight_through
 from . import _checks
-from .functional import ADASTE_RULES, adaste_factor, adaste_forward
+from .functional import ADASTE_RULES, AdaSTERule, adaste_factor, adaste_forward
 
 __all__ = ["AdaSTE", "AdaSTEWeight"]
 
@@ -61,9 +61,9 @@ class AdaSTEWeight(LatentWeight):
         alpha: float = 0.01,
         beta: float = 0.01,
         beta_rate: float = 1.05,
-        rule: str = "code",
+        rule: AdaSTERule = "code",
         init: float = 10.0,
-        mode: str = "sample",
+        mode: WeightMode = "sample",
     ) -> None:
         super().__init__()
         self.alpha = _checks.positive("alpha", alpha)
@@ -110,7 +110,7 @@ class AdaSTE(torch.optim.Optimizer):
         train_size: float,
         train_scale: float = 1.0,
         kl_weight: float = 1.0,
-        rule: str = "code",
+        rule: AdaSTERule = "code",
     ) -> None:
         defaults = dict(
             lr=_checks.positive("lr", lr),

@@ -24,7 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .. import noise as noise_lib
 from ..errors import UserError
 from ..units import sign
-from ..weights import LatentWeight, check_weight_mode
+from ..weights import LatentWeight, WeightMode, check_weight_mode
 from . import _checks
 from .functional import bayesbinn_sample, bayesbinn_update
 
@@ -44,7 +44,7 @@ class BayesBiNNWeight(LatentWeight):
     """
 
     def __init__(
-        self, temperature: float = 1e-10, init: float = 10.0, mode: str = "sample"
+        self, temperature: float = 1e-10, init: float = 10.0, mode: WeightMode = "sample"
     ) -> None:
         super().__init__()
         self.temperature = _checks.positive("temperature", temperature)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from ..units import sign
-from ..weights import LatentWeight, check_weight_mode, straight_through
+from ..weights import LatentWeight, WeightMode, check_weight_mode, straight_through
 from . import _checks
 
 __all__ = ["Bop", "SignWeight"]
@@ -25,7 +25,7 @@ class SignWeight(LatentWeight):
     Registered on a float weight ``w0`` the stored weights start at ``sign(w0)``.
     """
 
-    def __init__(self, mode: str = "mode") -> None:
+    def __init__(self, mode: WeightMode = "mode") -> None:
         super().__init__()
         self.mode = check_weight_mode(mode)
 

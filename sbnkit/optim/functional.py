@@ -10,17 +10,21 @@ Pure tensor functions, no state and no in-place changes, exact in float32 and fl
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 __all__ = [
     "ADASTE_RULES",
+    "AdaSTERule",
     "adaste_factor",
     "adaste_forward",
     "bayesbinn_sample",
     "bayesbinn_update",
 ]
 
-ADASTE_RULES = ("code", "corrected")
+AdaSTERule = Literal["code", "corrected"]
+ADASTE_RULES: tuple[str, ...] = get_args(AdaSTERule)
 
 # Thresholds and cap of the authors' published code (AdaSTE repository, FenBPOpt.get_grad).
 _G_GATE = 1e-3  # |g| above this counts as a signed gradient
@@ -46,7 +50,7 @@ def _check_rule(rule: str) -> str:
 
 
 def adaste_factor(
-    theta: torch.Tensor, grad: torch.Tensor, alpha: float, beta: float, rule: str = "code"
+    theta: torch.Tensor, grad: torch.Tensor, alpha: float, beta: float, rule: AdaSTERule = "code"
 ) -> torch.Tensor:
     """The factor ``ρ`` of AdaSTE's backward: the latent gradient is ``ρ * grad``.
 

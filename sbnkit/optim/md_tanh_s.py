@@ -13,7 +13,7 @@ import torch
 
 from ..errors import UserError
 from ..units import sign
-from ..weights import LatentWeight, check_weight_mode
+from ..weights import LatentWeight, WeightMode, check_weight_mode
 from . import _checks
 
 __all__ = ["TanhWeight"]
@@ -33,7 +33,7 @@ class TanhWeight(LatentWeight):
         beta_scale: float = 1.2,
         beta_interval: int = 2000,
         beta_max: float = 1e35,
-        mode: str = "sample",
+        mode: WeightMode = "sample",
     ) -> None:
         super().__init__()
         beta = _checks.positive("beta", beta)

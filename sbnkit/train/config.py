@@ -449,7 +449,8 @@ _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"a.b=value"`` → ``(["a", "b"], value)``; the value is TOML, or a bare word as a string."""
+    """``"a.b=value"`` → ``(["a", "b"], value)``; the value is TOML, or a bare word as a string.
+    Raises :class:`UserError` for a malformed override."""
     key, sep, value = text.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(_KEY.fullmatch(p) for p in parts):
@@ -469,7 +470,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``raw`` with each ``key=value`` of ``overrides`` set (tables created as needed)."""
+    """``raw`` with each ``key=value`` of ``overrides`` set (tables created as needed). Raises
+    :class:`UserError` for a malformed override or one that descends into a plain value."""
     for text in overrides:
         parts, value = parse_override(text)
         node = raw
@@ -501,7 +503,8 @@ def parse_config(text: str, overrides: list[str] | None = None, source: str = "c
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """:func:`parse_config` of the TOML file ``path``."""
+    """:func:`parse_config` of the TOML file ``path``. Raises :class:`UserError` as it does, and
+    for a file that cannot be read or is not UTF-8."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
