@@ -112,10 +112,11 @@ def _input_shape(model: str, input_shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _num_classes(model: str, num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        num_classes = 0
-    if num_classes < 1:
-        raise UserError(f"model {model!r}: num_classes must be a positive integer")
+    ok = isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool)
+    if not ok or num_classes < 1:
+        raise UserError(
+            f"model {model!r}: num_classes must be a positive integer, got {num_classes!r}"
+        )
     return int(num_classes)
 
 
@@ -295,8 +296,9 @@ class _Units:
     ) -> None:
         self.noise = _choice(model, "noise", noise, NOISE_NAMES, "noises")
         self.noise_scale = _positive(model, "noise_scale", noise_scale)
-        self.norm = None if norm is None else _choice(model, "norm", norm, NORMS, "norms")
-        self.norm = None if self.norm == "none" else self.norm
+        if norm is not None:
+            _choice(model, "norm", norm, NORMS, "norms")
+        self.norm = None if norm == "none" else norm
         self.rule = _choice(model, "rule", rule, RULES, "rules")
         self.weights = weights
         self.bias = self.norm is None  # a norm's shift replaces the op's bias
