@@ -17,7 +17,8 @@ binary-weight networks with real ReLU activations of AdaSTE and BayesBiNN, ``vgg
 
 Options of the SBN builders besides their sizes:
 
-* ``noise``/``noise_scale``: the units' injected noise (default logistic of scale 1, as in PSA);
+* ``noise``/``noise_scale``: the units' injected noise (default logistic of scale 1, as in PSA),
+  by name, or a :class:`~sbnkit.noise.Noise` (which has its own scale);
 * ``norm``: ``None`` or ``"none"`` (plain SBN), ``"batch"`` (BatchNorm) or ``"affine"``
   (per-channel scale/shift) between each op and its unit;
 * ``rule``: the units' default rule when the model is called directly.
@@ -48,7 +49,7 @@ from torch import nn
 
 from .errors import OptionError, UserError
 from .network import SBN, ChannelAffine, Head, Pool, Stage, along
-from .noise import NOISE_NAMES, NoiseName
+from .noise import NOISE_NAMES, Noise, NoiseName
 from .units import RULES, BinaryUnit, RuleKind
 from .weights import WEIGHT_MODES, BernoulliWeight, LatentWeight, WeightMode, make_binary
 
@@ -239,7 +240,7 @@ class _BinaryWeights:
         binary_weights: bool,
         binary_first: bool,
         binary_head: bool,
-        weight_noise: NoiseName,
+        weight_noise: NoiseName | Noise,
         weight_noise_scale: float,
         weight_mode: WeightMode,
         latent_clip: float | None,
@@ -248,7 +249,8 @@ class _BinaryWeights:
         self.enabled = _flag(model, "binary_weights", binary_weights)
         self.first = _flag(model, "binary_first", binary_first)
         self.head = _flag(model, "binary_head", binary_head)
-        _choice(model, "weight_noise", weight_noise, NOISE_NAMES, "noises")
+        if not isinstance(weight_noise, Noise):
+            _choice(model, "weight_noise", weight_noise, NOISE_NAMES, "noises")
         _positive(model, "weight_noise_scale", weight_noise_scale)
         _choice(model, "weight_mode", weight_mode, WEIGHT_MODES, "modes")
         if latent_clip is not None and not (
@@ -288,13 +290,15 @@ class _Units:
     def __init__(
         self,
         model: str,
-        noise: NoiseName,
+        noise: NoiseName | Noise,
         noise_scale: float,
         norm: Norm | None,
         rule: RuleKind,
         weights: _BinaryWeights,
     ) -> None:
-        self.noise = _choice(model, "noise", noise, NOISE_NAMES, "noises")
+        if not isinstance(noise, Noise):
+            _choice(model, "noise", noise, NOISE_NAMES, "noises")
+        self.noise = noise
         self.noise_scale = _positive(model, "noise_scale", noise_scale)
         if norm is not None:
             _choice(model, "norm", norm, NORMS, "norms")
@@ -329,14 +333,14 @@ def mlp(
     num_classes: int,
     *,
     hidden: Sequence[int] = (1024, 1024),
-    noise: NoiseName = "logistic",
+    noise: NoiseName | Noise = "logistic",
     noise_scale: float = 1.0,
     norm: Norm | None = None,
     rule: RuleKind = "st",
     binary_weights: bool = False,
     binary_first: bool = True,
     binary_head: bool = False,
-    weight_noise: NoiseName = "logistic",
+    weight_noise: NoiseName | Noise = "logistic",
     weight_noise_scale: float = 0.5,
     weight_mode: WeightMode = "sample",
     latent_clip: float | None = None,
@@ -373,14 +377,14 @@ def convnet(
     num_classes: int,
     *,
     channels: Sequence[int] = (32, 64, 128),
-    noise: NoiseName = "logistic",
+    noise: NoiseName | Noise = "logistic",
     noise_scale: float = 1.0,
     norm: Norm | None = None,
     rule: RuleKind = "st",
     binary_weights: bool = False,
     binary_first: bool = True,
     binary_head: bool = False,
-    weight_noise: NoiseName = "logistic",
+    weight_noise: NoiseName | Noise = "logistic",
     weight_noise_scale: float = 0.5,
     weight_mode: WeightMode = "sample",
     latent_clip: float | None = None,
@@ -432,14 +436,14 @@ def cifar_s1(
     input_shape: tuple[int, ...],
     num_classes: int,
     *,
-    noise: NoiseName = "logistic",
+    noise: NoiseName | Noise = "logistic",
     noise_scale: float = 1.0,
     norm: Norm | None = None,
     rule: RuleKind = "st",
     binary_weights: bool = False,
     binary_first: bool = True,
     binary_head: bool = False,
-    weight_noise: NoiseName = "logistic",
+    weight_noise: NoiseName | Noise = "logistic",
     weight_noise_scale: float = 0.5,
     weight_mode: WeightMode = "sample",
     latent_clip: float | None = None,
@@ -591,7 +595,7 @@ def vgg16(
     binary_weights: bool = True,
     binary_first: bool = True,
     binary_head: bool = True,
-    weight_noise: NoiseName = "logistic",
+    weight_noise: NoiseName | Noise = "logistic",
     weight_noise_scale: float = 0.5,
     weight_mode: WeightMode = "sample",
     latent_clip: float | None = None,
@@ -629,7 +633,7 @@ def vgg_binaryconnect(
     binary_weights: bool = True,
     binary_first: bool = True,
     binary_head: bool = True,
-    weight_noise: NoiseName = "logistic",
+    weight_noise: NoiseName | Noise = "logistic",
     weight_noise_scale: float = 0.5,
     weight_mode: WeightMode = "sample",
     latent_clip: float | None = None,
@@ -672,7 +676,7 @@ def mlp_binaryconnect(
     binary_weights: bool = True,
     binary_first: bool = True,
     binary_head: bool = True,
-    weight_noise: NoiseName = "logistic",
+    weight_noise: NoiseName | Noise = "logistic",
     weight_noise_scale: float = 0.5,
     weight_mode: WeightMode = "sample",
     latent_clip: float | None = None,
@@ -782,7 +786,7 @@ def resnet18(
     binary_weights: bool = True,
     binary_first: bool = True,
     binary_head: bool = True,
-    weight_noise: NoiseName = "logistic",
+    weight_noise: NoiseName | Noise = "logistic",
     weight_noise_scale: float = 0.5,
     weight_mode: WeightMode = "sample",
     latent_clip: float | None = None,
