@@ -13,13 +13,17 @@ provenance. The rules every writing command shares:
 * **One writer.** The folder is locked (``fcntl.flock`` on ``.lock``) while a run is in progress;
   a second writer is refused. A lock is released by the kernel when its process dies, so a run
   killed with SIGKILL is recognised as interrupted.
+* **Appended logs in sub-folders.** A writer that appends to files of its own naming (TensorBoard)
+  gets a sub-folder (:meth:`RunFolder.folder`) that the record lists like a file: it moves aside,
+  is kept and is removed as a whole, and is reused by a resumed run.
 * **No lost work, nothing else removed.** On failure (an error, SIGTERM, Ctrl-C) files marked
   ``keep`` that record finished work (e.g. the log of finished epochs) stay, with the record's
   state ``interrupted``, and the command says what was kept. Everything else this run wrote is
   removed, and so are the folder and its parents if this run created them and they are empty.
   Nothing that this run did not write is ever removed.
 
-Every file is written atomically: to a temporary name in the folder, then ``os.replace``.
+Every file is written atomically: to a temporary name in the folder, then ``os.replace``
+(except inside the sub-folders of appending writers).
 """
 
 from __future__ import annotations
@@ -267,7 +271,7 @@ class RunFolder:
         kept = sorted(n for n, keep in self.written.items() if keep) if self.progress else []
         for name in self.written:
             if name not in kept:
-                (self.path / name).unlink(missing_ok=True)
+                self._delete(name)
         self.written = {n: True for n in kept}
         if kept:
             self._write_record("interrupted")
@@ -285,6 +289,13 @@ class RunFolder:
             self.report(f"sbnkit: nothing was finished; the earlier run in {self.path} is back")
             return
         self._remove_created()
+
+    def _delete(self, name: str) -> None:
+        path = self.path / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
     def _remove_created(self) -> None:
         (self.path / LOCK).unlink(missing_ok=True)
@@ -316,11 +327,32 @@ class RunFolder:
         self.written[name] = keep or self.written.get(name, False)
 
     def remove(self, name: str) -> None:
-        """Delete the file ``name`` that this run wrote."""
+        """Delete the file (or :meth:`folder`) ``name`` that this run wrote.
+
+        Raises ``ValueError`` for a name this run did not write.
+        """
         if name not in self.written:
             raise ValueError(f"{name!r} was not written by this run")
-        (self.path / name).unlink(missing_ok=True)
+        self._delete(name)
         del self.written[name]
+
+    def folder(self, name: str, *, keep: bool = False) -> Path:
+        """The sub-folder ``name`` for a writer that appends to files of its own (e.g.
+        TensorBoard's), created now or, resuming, the earlier run's; recorded as written by this
+        run, so it is moved aside, kept (``keep``) or removed as a whole like a file.
+
+        Raises ``ValueError`` for a bad name and :class:`~sbnkit.errors.UserError` when ``name``
+        exists but was not written by this run.
+        """
+        if "/" in name or name in (RECORD, LOCK, PREVIOUS) or name.startswith("."):
+            raise ValueError(f"{name!r} is not a folder name a run may write")
+        path = self.path / name
+        if name not in self.written and (path.exists() or path.is_symlink()):
+            raise UserError(f"{path} exists but this run did not create it; move it away")
+        path.mkdir(exist_ok=True)
+        self.written[name] = keep or self.written.get(name, False)
+        self._write_record("running")
+        return path
 
     def set_progress(self, progress: str) -> None:
         """Describe the finished work that a failure keeps, and record it."""
