@@ -58,6 +58,8 @@ from .train import (
 from .train.loop import seed_everything
 from .train.metrics import evaluate, log_summary
 
+__all__ = ["main"]
+
 STATE_FILE = "checkpoint.pt"
 
 
@@ -524,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
     SIGTERM exits with status 143 after the run folder kept its finished work (and said so).
+    Raises nothing for bad input (:class:`~sbnkit.errors.UserError` and ``OSError`` become one
+    line and status 2); a programming error propagates with its traceback.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if threading.current_thread() is not threading.main_thread():

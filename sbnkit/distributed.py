@@ -121,7 +121,9 @@ def use_batch_norm(
 
 def gather(obj: Any, cluster: Cluster) -> list[Any] | None:
     """Every rank's ``obj`` (tensors and plain data) in rank order on rank 0, ``None`` on the
-    others; ``[obj]`` with one process. All ranks must call it together."""
+    others; ``[obj]`` with one process. All ranks must call it together.
+
+    Raises ``RuntimeError`` (from :mod:`torch.distributed`) when a process left the group."""
     if cluster.world_size == 1:
         return [obj]
     out: list[Any] | None = [None] * cluster.world_size if cluster.main else None
@@ -136,7 +138,9 @@ def leave(cluster: Cluster) -> None:
 
 
 def all_reduce_gradients(params: list[nn.Parameter], world_size: int) -> None:
-    """Average the ``.grad`` of ``params`` over the processes (missing gradients count as 0)."""
+    """Average the ``.grad`` of ``params`` over the processes (missing gradients count as 0).
+
+    Raises ``RuntimeError`` (from :mod:`torch.distributed`) when a process left the group."""
     if world_size == 1:
         return
     by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
@@ -157,7 +161,9 @@ def all_reduce_gradients(params: list[nn.Parameter], world_size: int) -> None:
 
 def agree(loss: float, stop: bool, cluster: Cluster, device: torch.device) -> tuple[float, bool]:
     """``(mean loss over the processes, whether any process was asked to stop)``: one
-    ``all_reduce`` per step, so every rank logs the same loss and stops at the same step."""
+    ``all_reduce`` per step, so every rank logs the same loss and stops at the same step.
+
+    Raises ``RuntimeError`` (from :mod:`torch.distributed`) when a process left the group."""
     if cluster.world_size == 1:
         return loss, stop
     t = torch.tensor([loss, float(stop)], dtype=torch.float64, device=device)

@@ -166,7 +166,8 @@ class RunFolder:
     """The run folder of one command invocation; use as a context manager.
 
     ``report`` receives one line on failure saying what was kept or removed. ``provenance`` is
-    stored in the record.
+    stored in the record. Raises :class:`~sbnkit.errors.UserError` as :func:`check_folder` does,
+    and on entering when the folder cannot be created or another process holds it.
     """
 
     def __init__(
@@ -314,7 +315,8 @@ class RunFolder:
     def target(self, name: str, *, keep: bool = False) -> Iterator[Path]:
         """A temporary path to write ``name`` to; it replaces ``name`` when the block succeeds.
 
-        ``keep``: the file records finished work and survives a failed run.
+        ``keep``: the file records finished work and survives a failed run. Raises
+        ``ValueError`` for a name with a ``/``, a leading dot or a name the folder reserves.
         """
         if "/" in name or name in (RECORD, LOCK, PREVIOUS) or name.startswith("."):
             raise ValueError(f"{name!r} is not a file name a run may write")
@@ -355,19 +357,26 @@ class RunFolder:
         return path
 
     def set_progress(self, progress: str) -> None:
-        """Describe the finished work that a failure keeps, and record it."""
+        """Describe the finished work that a failure keeps, and record it.
+
+        Raises ``OSError`` when the record cannot be written."""
         self.progress = progress
         self._write_record("running")
 
     def write_text(self, name: str, text: str, *, keep: bool = False) -> Path:
-        """Write ``text`` to ``name`` atomically; returns the path."""
+        """Write ``text`` to ``name`` atomically; returns the path.
+
+        Raises ``ValueError`` for a bad name (see :meth:`target`), ``OSError`` when the file
+        cannot be written."""
         with self.target(name, keep=keep) as tmp:
             tmp.write_text(text, encoding="utf-8")
         return self.path / name
 
     def append_line(self, name: str, line: str, *, progress: str | None = None) -> None:
         """Append ``line`` to the kept file ``name`` (rewritten atomically) and, if given, set
-        :attr:`progress`, the description of the finished work that a failure keeps."""
+        :attr:`progress`, the description of the finished work that a failure keeps.
+
+        Raises as :meth:`write_text` does."""
         old = (self.path / name).read_text(encoding="utf-8") if name in self.written else ""
         self.write_text(name, old + line.rstrip("\n") + "\n", keep=True)
         if progress is not None:
@@ -376,7 +385,9 @@ class RunFolder:
     def append_row(self, name: str, row: Mapping[str, Any], *, progress: str | None = None) -> None:
         """Append ``row`` to the kept CSV file ``name`` (rewritten atomically), as
         :meth:`append_line` does. The header is written once, from the first row's keys; a later
-        row with new keys appends them as columns (earlier rows leave them empty)."""
+        row with new keys appends them as columns (earlier rows leave them empty).
+
+        Raises as :meth:`write_text` does."""
         columns: list[str] = []
         rows: list[dict[str, str]] = []
         if name in self.written:

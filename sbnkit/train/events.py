@@ -47,7 +47,9 @@ def wanted(setting: TensorBoardSetting) -> bool:
 
 class EventLog:
     """A TensorBoard event file in ``folder``; ``first_epoch`` > 1 (a resumed run) hides the
-    steps from ``first_epoch`` on that earlier files hold. Use as a context manager."""
+    steps from ``first_epoch`` on that earlier files hold. Use as a context manager.
+
+    Raises ``ImportError`` without the ``tensorboard`` package (check :func:`wanted` first)."""
 
     def __init__(self, folder: Path, first_epoch: int = 1) -> None:
         from torch.utils.tensorboard import SummaryWriter

@@ -48,12 +48,24 @@ from . import state
 from .config import Config, OptimizerConfig, latent_method
 from .metrics import evaluate, final_metrics
 
+__all__ = [
+    "Run",
+    "build_model",
+    "build_optimizers",
+    "fit",
+    "prepare",
+    "seed_everything",
+    "weight_factory",
+]
+
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
 
 def weight_factory(cfg: Config) -> Callable[[], nn.Module]:
     """New binary-weight parametrizations of the ``[optim.latent]`` method: for ``md`` (and
-    ``adam`` / ``sgd``) Bernoulli weights of the ``[model]`` ``weight_*`` keys."""
+    ``adam`` / ``sgd``) Bernoulli weights of the ``[model]`` ``weight_*`` keys.
+
+    Raises :class:`~sbnkit.errors.UserError` for an unknown method."""
     m = cfg.model
     name, options = latent_method(cfg.optim.latent)
     if name == "md":
@@ -121,7 +133,10 @@ def build_optimizers(
 ) -> dict[str, torch.optim.Optimizer]:
     """``{"latent": ..., "real": ...}`` optimizers of ``cfg.optim`` (empty groups left out); the
     latent one is the ``[optim.latent]`` method's, with ``train_size`` (the number of training
-    examples) unless the config sets it."""
+    examples) unless the config sets it.
+
+    Raises :class:`~sbnkit.errors.UserError` for an unknown method or a missing required option.
+    """
     out = {}
     latent, real = latent_parameters(model), real_parameters(model)
     if latent:
@@ -248,7 +263,8 @@ def fit(
 
     Returns the final metrics (see :func:`~sbnkit.train.metrics.final_metrics`) plus
     ``epochs``, ``seconds`` and ``train_seconds``. Raises :class:`~sbnkit.errors.UserError` when
-    the loss diverges or ``resume`` was saved by another number of processes.
+    the loss diverges, or ``resume`` does not fit the model or was saved by another number of
+    processes.
     """
     cfg, model, est, cluster = run.config, run.model, run.estimator, run.cluster
     t, e = cfg.train, cfg.eval
@@ -279,7 +295,13 @@ def fit(
     if resume is not None:
         state.check_world_size(resume, cluster.world_size)
         at = resume["position"]
-        model.load_state_dict(resume["model"])
+        try:
+            model.load_state_dict(resume["model"])
+        except RuntimeError:
+            raise UserError(
+                "the saved training state does not fit the model of its config; it is damaged "
+                "or was written by another sbnkit version"
+            ) from None
         for k, o in run.optimizers.items():
             o.load_state_dict(resume["optimizers"][k])
             schedulers[k].load_state_dict(resume["schedulers"][k])

@@ -98,10 +98,21 @@ def restore_rank(
     augment: torch.Generator,
 ) -> None:
     """Give ``model`` and the random streams the state of this process (``saved``: one entry of
-    the state's ``ranks``), after the model's weights are loaded."""
+    the state's ``ranks``), after the model's weights are loaded.
+
+    Raises :class:`~sbnkit.errors.UserError` when the saved buffers do not fit ``model``.
+    """
+    buffers = dict(model.named_buffers())
+    if buffers.keys() != saved["buffers"].keys() or any(
+        b.shape != saved["buffers"][k].shape for k, b in buffers.items()
+    ):
+        raise UserError(
+            "the saved training state does not fit the model of its config; it is damaged or "
+            "was written by another sbnkit version"
+        )
     restore_rng(saved["rng"], shuffle, augment)
     with torch.no_grad():
-        for name, b in model.named_buffers():
+        for name, b in buffers.items():
             b.copy_(saved["buffers"][name])
 
 
@@ -116,7 +127,9 @@ def save(
 ) -> None:
     """Write the training state to ``path`` atomically (``ranks``: every process's
     :func:`rank_state` in rank order; ``epoch_signs``: the binary weights' signs at the start of
-    the epoch in progress, for its flip ratio)."""
+    the epoch in progress, for its flip ratio).
+
+    Raises ``OSError`` when the file cannot be written; nothing is left behind then."""
     checkpoint.write(
         path,
         {
