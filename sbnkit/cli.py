@@ -2,8 +2,10 @@
 
 * ``sbnkit train CONFIG.toml [key=value ...] [--out DIR] [--overwrite]``: train a model into the
   run folder ``DIR`` (default ``runs/<config stem>``; see :mod:`sbnkit.runfolder`): ``run.json``
-  (state and provenance), ``config.toml``, ``log.jsonl`` and ``log.csv`` while it runs, then
-  ``model.pt`` and ``metrics.json``. An interrupted run keeps its finished epochs' log;
+  (state and provenance), ``config.toml``, ``log.jsonl`` and ``log.csv`` (and TensorBoard events
+  in ``tensorboard/``, :mod:`sbnkit.train.events`) while it runs, then ``model.pt`` and
+  ``metrics.json``. An interrupted run keeps its finished epochs' log; ``sbnkit train --resume
+  DIR`` continues it (under ``torchrun`` with as many processes as it was trained with);
 * ``sbnkit evaluate CHECKPOINT [--mode mode|sample|ensemble] [--samples K]
   [--sample auto|units|weights|both]``: test accuracy and NLL of a saved run;
 * ``sbnkit plot DIR... [--out DIR] [--overwrite]``: learning curves and the
