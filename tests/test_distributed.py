@@ -16,7 +16,7 @@ from torch import nn
 
 from sbnkit import UserError, cli
 from sbnkit.distributed import Cluster, use_batch_norm
-from sbnkit.train import build_model, parse_config, state
+from sbnkit.train import build_model, checkpoint, parse_config, state
 from sbnkit.train.loop import seed_everything
 
 CONFIG = """
@@ -229,3 +229,29 @@ def test_sync_batch_norm_converts_every_batch_norm_and_keeps_the_checkpoint_form
             torch.manual_seed(0)
             out.append(m.train(mode)(x))
         torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+
+
+def test_a_state_is_checked_for_its_ranks_and_world_size(tmp_path):
+    path = tmp_path / "state.pt"
+    payload = {
+        "format": state.FORMAT,
+        "version": checkpoint.VERSION,
+        "position": vars(state.LoopPosition(1, 0, 0.0, 0, 0.0)),
+        "model": {},
+        "optimizers": {},
+        "schedulers": {},
+        "epoch_signs": [],
+        "world_size": 2,
+        "ranks": [{"rng": {}, "buffers": {}}],
+    }
+    checkpoint.write(path, payload)
+    with pytest.raises(UserError, match="incomplete or damaged"):
+        state.load(path)
+    checkpoint.write(path, {**payload, "world_size": 1})
+    saved = state.load(path)
+    state.check_world_size(saved, 1)
+    with pytest.raises(UserError, match="with 1 process, not 2; resume it without torchrun"):
+        state.check_world_size(saved, 2)
+    model = nn.BatchNorm1d(3)
+    with pytest.raises(UserError, match="does not fit the model"):
+        state.restore_rank(saved["ranks"][0], model, torch.Generator(), torch.Generator())
