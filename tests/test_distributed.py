@@ -69,10 +69,17 @@ def _train(tmp_path: Path, out: str, processes: int, *overrides: str, config: st
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def folder(tmp_path_factory) -> Path:
+    """A folder with tiny Fashion-MNIST files in ``data`` and the config ``c.toml``."""
     tmp = tmp_path_factory.mktemp("ddp")
     fake_fmnist(tmp / "data", n_train=200, n_test=40)
     (tmp / "c.toml").write_text(CONFIG)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def runs(folder):
+    tmp = folder
     one = _train(tmp, "one", 1)
     two = _train(tmp, "two", 2)
     return tmp, one, two
@@ -136,11 +143,11 @@ batch_size = 100
 """
 
 
-def test_a_stopped_run_resumes_bit_for_bit_in_two_processes(runs, capsys, monkeypatch):
+def test_a_stopped_run_resumes_bit_for_bit_in_two_processes(folder, capsys, monkeypatch):
     """SIGTERM to torchrun (as a scheduler sends it) mid-run: rank 0 saves every rank's random
     streams and BatchNorm statistics, each rank resumes its own, and the final weights equal an
     uninterrupted 2-process run's to the bit (unit noise and sampled weights differ per rank)."""
-    tmp = runs[0]
+    tmp = folder
     (tmp / "st.toml").write_text(STOCHASTIC)
     _train(tmp, "st_whole", 2, config="st.toml")
     command, env = _command(tmp, 2, "st.toml", "--out", "st_cut")
@@ -186,8 +193,8 @@ def test_a_stopped_run_resumes_bit_for_bit_in_two_processes(runs, capsys, monkey
     }
 
 
-def test_sync_batch_norm_on_the_cpu_is_a_one_line_error_before_anything_is_written(runs):
-    tmp = runs[0]
+def test_sync_batch_norm_on_the_cpu_is_a_one_line_error_before_anything_is_written(folder):
+    tmp = folder
     command, env = _command(tmp, 2, "c.toml", "train.batch_norm=sync", "--out", "sync")
     result = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode != 0
