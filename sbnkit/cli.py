@@ -2,8 +2,10 @@
 
 * ``sbnkit train CONFIG.toml [key=value ...] [--out DIR] [--overwrite]``: train a model into the
   run folder ``DIR`` (default ``runs/<config stem>``; see :mod:`sbnkit.runfolder`): ``run.json``
-  (state and provenance), ``config.toml``, ``log.jsonl`` and ``log.csv`` while it runs, then
-  ``model.pt`` and ``metrics.json``. An interrupted run keeps its finished epochs' log;
+  (state and provenance), ``config.toml``, ``log.jsonl`` and ``log.csv`` (and TensorBoard events
+  in ``tensorboard/``, :mod:`sbnkit.train.events`) while it runs, then ``model.pt`` and
+  ``metrics.json``. An interrupted run keeps its finished epochs' log; ``sbnkit train --resume
+  DIR`` continues it (under ``torchrun`` with as many processes as it was trained with);
 * ``sbnkit evaluate CHECKPOINT [--mode mode|sample|ensemble] [--samples K]
   [--sample auto|units|weights|both]``: test accuracy and NLL of a saved run;
 * ``sbnkit plot DIR... [--out DIR] [--overwrite]``: learning curves and the
@@ -49,6 +51,7 @@ from .train import (
     build_model,
     checkpoint,
     config_from_dict,
+    events,
     fit,
     load_config,
     prepare,
@@ -56,6 +59,8 @@ from .train import (
 )
 from .train.loop import seed_everything
 from .train.metrics import evaluate, log_summary
+
+__all__ = ["main"]
 
 STATE_FILE = "checkpoint.pt"
 
@@ -234,6 +239,7 @@ def _train_setup(args: argparse.Namespace, main: bool) -> tuple[Config, Path, di
         if args.config is None:
             raise UserError("pass the TOML config to train, or --resume DIR")
         cfg = load_config(args.config, args.overrides)
+        events.wanted(cfg.train.tensorboard)
         out = args.out if args.out is not None else Path("runs") / Path(args.config).stem
         if not main:
             return cfg, Path(out), None
@@ -253,7 +259,9 @@ def _train_setup(args: argparse.Namespace, main: bool) -> tuple[Config, Path, di
             f"first checkpoint; start it again with --overwrite"
         )
     saved = state.load(folder / STATE_FILE)
-    return load_config(folder / "config.toml"), folder, saved
+    cfg = load_config(folder / "config.toml")
+    events.wanted(cfg.train.tensorboard)
+    return cfg, folder, saved
 
 
 @contextlib.contextmanager
@@ -281,6 +289,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg, out, saved = _train_setup(args, main=os.environ.get("RANK", "0") == "0")
     run = prepare(cfg)
     try:
+        if saved is not None:
+            state.check_world_size(saved, run.cluster.world_size)
         return _train_run(args, cfg, out, saved, run)
     finally:
         leave(run.cluster)
@@ -312,10 +322,14 @@ def _train_run(
                     lines = (rf.path / name).read_text(encoding="utf-8").splitlines(keepends=True)
                     rf.write_text(name, "".join(lines[:keep]), keep=True)
 
+        tensorboard = _event_log(rf, cfg, saved)
+
         def log_epoch(entry: dict) -> None:
             n = entry["epoch"]
             rf.append_line("log.jsonl", json.dumps(entry))
             rf.append_row("log.csv", entry, progress=_done(n))
+            if tensorboard is not None:
+                tensorboard.add(entry)
 
         def save_state(at: state.LoopPosition, write: Callable[[Path], None]) -> None:
             with rf.target(STATE_FILE, keep=True) as tmp:
@@ -326,7 +340,7 @@ def _train_run(
                 f"`sbnkit train --resume {rf.path}`"
             )
 
-        with _stop_on_signals(stop):
+        with _stop_on_signals(stop), tensorboard or contextlib.nullcontext():
             metrics = fit(
                 run, on_epoch=log_epoch, echo=_echo, save_state=save_state, stop=stop, resume=saved
             )
@@ -354,6 +368,21 @@ def _train_run(
         )
     print(f"{metrics['epochs']} epochs in {metrics['seconds']:.0f} s; run saved to {rf.path}")
     return 0
+
+
+def _event_log(rf: RunFolder, cfg: Config, saved: dict | None) -> events.EventLog | None:
+    """The TensorBoard event log of the run in ``rf`` (``None`` when not wanted). A resumed run
+    adds a file that hides the epochs after its checkpoint; when the interrupted run wrote no
+    events, the logged epochs are written first."""
+    if not events.wanted(cfg.train.tensorboard):
+        return None
+    earlier = events.FOLDER in rf.written
+    first = 1 if saved is None else saved["position"].logged + 1
+    log = events.EventLog(rf.folder(events.FOLDER, keep=True), first)
+    if saved is not None and not earlier and "log.jsonl" in rf.written:
+        for line in (rf.path / "log.jsonl").read_text(encoding="utf-8").splitlines():
+            log.add(json.loads(line))
+    return log
 
 
 def _done(epochs: int) -> str:
@@ -499,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
     SIGTERM exits with status 143 after the run folder kept its finished work (and said so).
+    Raises nothing for bad input (:class:`~sbnkit.errors.UserError` and ``OSError`` become one
+    line and status 2); a programming error propagates with its traceback.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if threading.current_thread() is not threading.main_thread():

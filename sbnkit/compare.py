@@ -92,7 +92,7 @@ def train_all(
 
 def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
     """``"mean ± std"`` of ``values`` times ``scale`` (sample standard deviation; the mean alone
-    for one value)."""
+    for one value). Raises ``statistics.StatisticsError`` for no values."""
     mean = statistics.fmean(values) * scale
     if len(values) == 1:
         return f"{mean:.{digits}f}"
@@ -101,7 +101,8 @@ def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> 
 
 def summarise(runs: Sequence[RunSpec], metrics: dict[str, dict]) -> tuple[str, dict]:
     """``(markdown table, {config: {column: [values over seeds]}})``: mean ± sample standard
-    deviation over seeds per config, and seconds per training epoch."""
+    deviation over seeds per config, and seconds per training epoch. Raises ``KeyError`` when
+    ``metrics`` lacks a run of ``runs`` or a column."""
     by_config: dict[str, dict[str, list[float]]] = {}
     for spec in runs:
         m = metrics[spec.name]
@@ -122,7 +123,7 @@ def summarise(runs: Sequence[RunSpec], metrics: dict[str, dict]) -> tuple[str, d
 
 def plot(by_config: dict[str, dict[str, list[float]]], path: Path) -> None:
     """A bar chart of the accuracy columns (mean, with ± std error bars) per config, to ``path``
-    as PNG."""
+    as PNG. Raises ``OSError`` when ``path`` cannot be written."""
     import matplotlib
 
     matplotlib.use("Agg")

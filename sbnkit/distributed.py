@@ -12,15 +12,19 @@ batch's mean loss, as in one process.
 Noise (units, and Bernoulli weights sampled in the forward pass) comes from each rank's own
 stream (seeded ``seed + rank``): the ranks' estimates are independent, and their average is an
 estimate of the global batch's gradient with ``world_size`` times fewer noise draws per example
-shared. BatchNorm normalises each rank's slice with its own statistics (``local``, the default);
-``sync`` uses ``torch.nn.SyncBatchNorm``, which torch implements for CUDA only. Only rank 0 writes
-the run folder and prints; every rank checks its input before anything is written.
+shared. BatchNorm (``train.batch_norm``) normalises each rank's slice with its own statistics
+(``local``, the default), or with the statistics of the whole global batch (``sync``:
+``torch.nn.SyncBatchNorm``, which torch implements for CUDA only; with one process ``sync`` is
+``local``). Only rank 0 writes the run folder and prints; every rank checks its input before
+anything is written. A checkpoint gathers every rank's random streams and buffers to rank 0
+(:func:`gather`), so each rank resumes its own.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -28,7 +32,21 @@ from torch import nn
 
 from .errors import UserError
 
-__all__ = ["Cluster", "agree", "all_reduce_gradients", "join", "leave"]
+__all__ = [
+    "BATCH_NORMS",
+    "BatchNormMode",
+    "Cluster",
+    "agree",
+    "all_reduce_gradients",
+    "check_batch_norm",
+    "gather",
+    "join",
+    "leave",
+    "use_batch_norm",
+]
+
+BatchNormMode = Literal["local", "sync"]
+BATCH_NORMS: tuple[str, ...] = get_args(BatchNormMode)
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,43 @@ def join(device_type: str) -> Cluster:
     return Cluster(rank, world, local)
 
 
+def check_batch_norm(mode: BatchNormMode, cluster: Cluster, device: torch.device) -> None:
+    """Raise :class:`~sbnkit.errors.UserError` when BatchNorm ``mode`` cannot run here:
+    ``sync`` with several processes off CUDA (torch's SyncBatchNorm needs CUDA and nccl)."""
+    if mode == "sync" and cluster.world_size > 1 and device.type != "cuda":
+        raise UserError(
+            f'train.batch_norm = "sync" needs CUDA (nccl): torch\'s SyncBatchNorm does not run '
+            f'on {device.type} (gloo); use train.batch_norm = "local" or train.device = "cuda"'
+        )
+
+
+def use_batch_norm(
+    model: nn.Module, mode: BatchNormMode, cluster: Cluster, device: torch.device
+) -> nn.Module:
+    """``model`` with the BatchNorm of ``mode``: unchanged for ``local`` or one process, else
+    every BatchNorm layer converted to :class:`torch.nn.SyncBatchNorm` (same parameters and
+    state-dict keys, so its checkpoints load into the plain model).
+
+    Raises :class:`~sbnkit.errors.UserError` as :func:`check_batch_norm` does.
+    """
+    check_batch_norm(mode, cluster, device)
+    if mode == "local" or cluster.world_size == 1:
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def gather(obj: Any, cluster: Cluster) -> list[Any] | None:
+    """Every rank's ``obj`` (tensors and plain data) in rank order on rank 0, ``None`` on the
+    others; ``[obj]`` with one process. All ranks must call it together.
+
+    Raises ``RuntimeError`` (from :mod:`torch.distributed`) when a process left the group."""
+    if cluster.world_size == 1:
+        return [obj]
+    out: list[Any] | None = [None] * cluster.world_size if cluster.main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def leave(cluster: Cluster) -> None:
     """Leave the process group of ``cluster`` (nothing for one process)."""
     if cluster.world_size > 1 and dist.is_initialized():
@@ -83,7 +138,9 @@ def leave(cluster: Cluster) -> None:
 
 
 def all_reduce_gradients(params: list[nn.Parameter], world_size: int) -> None:
-    """Average the ``.grad`` of ``params`` over the processes (missing gradients count as 0)."""
+    """Average the ``.grad`` of ``params`` over the processes (missing gradients count as 0).
+
+    Raises ``RuntimeError`` (from :mod:`torch.distributed`) when a process left the group."""
     if world_size == 1:
         return
     by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
@@ -104,7 +161,9 @@ def all_reduce_gradients(params: list[nn.Parameter], world_size: int) -> None:
 
 def agree(loss: float, stop: bool, cluster: Cluster, device: torch.device) -> tuple[float, bool]:
     """``(mean loss over the processes, whether any process was asked to stop)``: one
-    ``all_reduce`` per step, so every rank logs the same loss and stops at the same step."""
+    ``all_reduce`` per step, so every rank logs the same loss and stops at the same step.
+
+    Raises ``RuntimeError`` (from :mod:`torch.distributed`) when a process left the group."""
     if cluster.world_size == 1:
         return loss, stop
     t = torch.tensor([loss, float(stop)], dtype=torch.float64, device=device)

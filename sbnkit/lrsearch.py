@@ -154,7 +154,8 @@ def lr_search(
 
 def plot(trials: Sequence[Trial], path: Path) -> None:
     """The final training loss of each trial against ``log10(lr)`` (diverged trials as ×
-    markers at the top), to ``path`` as PNG."""
+    markers at the top), to ``path`` as PNG. Raises ``OSError`` when ``path`` cannot be
+    written."""
     import matplotlib
 
     matplotlib.use("Agg")

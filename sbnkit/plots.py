@@ -118,7 +118,9 @@ def _figure(panels: int) -> tuple[Any, list[Any]]:
 
 
 def plot_learning_curves(runs: Sequence[RunLog], path: str | os.PathLike) -> None:
-    """Draw train loss, accuracy and learning rates per epoch of ``runs`` into the PNG ``path``."""
+    """Draw train loss, accuracy and learning rates per epoch of ``runs`` into the PNG ``path``.
+
+    Raises ``OSError`` when ``path`` cannot be written."""
     fig, (loss, acc, lr) = _figure(3)
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for run, c in zip(runs, colors, strict=True):
@@ -152,7 +154,9 @@ def plot_learning_curves(runs: Sequence[RunLog], path: str | os.PathLike) -> Non
 
 def plot_ensemble_curve(runs: Sequence[RunLog], path: str | os.PathLike) -> None:
     """Draw test accuracy and NLL against the ensemble size K (log₂ axis) of ``runs`` that have
-    the curve, with each run's mode network dashed, into the PNG ``path``."""
+    the curve, with each run's mode network dashed, into the PNG ``path``.
+
+    Raises ``OSError`` when ``path`` cannot be written."""
     fig, (acc, nll) = _figure(2)
     sizes = sorted({k for r in runs for k in r.curve})
     for i, run in enumerate(r for r in runs if r.curve):

@@ -21,7 +21,9 @@ __all__ = ["file_record", "git_commit", "provenance"]
 
 
 def file_record(path: str | os.PathLike) -> dict[str, Any]:
-    """``{"path", "bytes", "sha256"}`` of the file ``path`` (absolute path)."""
+    """``{"path", "bytes", "sha256"}`` of the file ``path`` (absolute path).
+
+    Raises ``OSError`` when the file cannot be read."""
     path = Path(path).absolute()
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -56,7 +58,9 @@ def git_commit(folder: str | os.PathLike | None = None) -> str | None:
 
 def provenance(argv: Sequence[str] | None = None, files: Iterable[os.PathLike] = ()) -> dict:
     """The provenance record of a run that read ``files``, started with ``argv`` (default
-    ``sys.argv``): data files with sizes and SHA-256, software versions, git commit, date."""
+    ``sys.argv``): data files with sizes and SHA-256, software versions, git commit, date.
+
+    Raises ``OSError`` when one of ``files`` cannot be read."""
     return {
         "command_line": list(sys.argv if argv is None else argv),
         "cwd": str(Path.cwd()),

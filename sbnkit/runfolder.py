@@ -13,13 +13,17 @@ provenance. The rules every writing command shares:
 * **One writer.** The folder is locked (``fcntl.flock`` on ``.lock``) while a run is in progress;
   a second writer is refused. A lock is released by the kernel when its process dies, so a run
   killed with SIGKILL is recognised as interrupted.
+* **Appended logs in sub-folders.** A writer that appends to files of its own naming (TensorBoard)
+  gets a sub-folder (:meth:`RunFolder.folder`) that the record lists like a file: it moves aside,
+  is kept and is removed as a whole, and is reused by a resumed run.
 * **No lost work, nothing else removed.** On failure (an error, SIGTERM, Ctrl-C) files marked
   ``keep`` that record finished work (e.g. the log of finished epochs) stay, with the record's
   state ``interrupted``, and the command says what was kept. Everything else this run wrote is
   removed, and so are the folder and its parents if this run created them and they are empty.
   Nothing that this run did not write is ever removed.
 
-Every file is written atomically: to a temporary name in the folder, then ``os.replace``.
+Every file is written atomically: to a temporary name in the folder, then ``os.replace``
+(except inside the sub-folders of appending writers).
 """
 
 from __future__ import annotations
@@ -162,7 +166,8 @@ class RunFolder:
     """The run folder of one command invocation; use as a context manager.
 
     ``report`` receives one line on failure saying what was kept or removed. ``provenance`` is
-    stored in the record.
+    stored in the record. Raises :class:`~sbnkit.errors.UserError` as :func:`check_folder` does,
+    and on entering when the folder cannot be created or another process holds it.
     """
 
     def __init__(
@@ -267,7 +272,7 @@ class RunFolder:
         kept = sorted(n for n, keep in self.written.items() if keep) if self.progress else []
         for name in self.written:
             if name not in kept:
-                (self.path / name).unlink(missing_ok=True)
+                self._delete(name)
         self.written = {n: True for n in kept}
         if kept:
             self._write_record("interrupted")
@@ -286,6 +291,13 @@ class RunFolder:
             return
         self._remove_created()
 
+    def _delete(self, name: str) -> None:
+        path = self.path / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
     def _remove_created(self) -> None:
         (self.path / LOCK).unlink(missing_ok=True)
         for folder in self._created:
@@ -303,7 +315,8 @@ class RunFolder:
     def target(self, name: str, *, keep: bool = False) -> Iterator[Path]:
         """A temporary path to write ``name`` to; it replaces ``name`` when the block succeeds.
 
-        ``keep``: the file records finished work and survives a failed run.
+        ``keep``: the file records finished work and survives a failed run. Raises
+        ``ValueError`` for a name with a ``/``, a leading dot or a name the folder reserves.
         """
         if "/" in name or name in (RECORD, LOCK, PREVIOUS) or name.startswith("."):
             raise ValueError(f"{name!r} is not a file name a run may write")
@@ -316,26 +329,54 @@ class RunFolder:
         self.written[name] = keep or self.written.get(name, False)
 
     def remove(self, name: str) -> None:
-        """Delete the file ``name`` that this run wrote."""
+        """Delete the file (or :meth:`folder`) ``name`` that this run wrote.
+
+        Raises ``ValueError`` for a name this run did not write.
+        """
         if name not in self.written:
             raise ValueError(f"{name!r} was not written by this run")
-        (self.path / name).unlink(missing_ok=True)
+        self._delete(name)
         del self.written[name]
 
+    def folder(self, name: str, *, keep: bool = False) -> Path:
+        """The sub-folder ``name`` for a writer that appends to files of its own (e.g.
+        TensorBoard's), created now or, resuming, the earlier run's; recorded as written by this
+        run, so it is moved aside, kept (``keep``) or removed as a whole like a file.
+
+        Raises ``ValueError`` for a bad name and :class:`~sbnkit.errors.UserError` when ``name``
+        exists but was not written by this run.
+        """
+        if "/" in name or name in (RECORD, LOCK, PREVIOUS) or name.startswith("."):
+            raise ValueError(f"{name!r} is not a folder name a run may write")
+        path = self.path / name
+        if name not in self.written and (path.exists() or path.is_symlink()):
+            raise UserError(f"{path} exists but this run did not create it; move it away")
+        path.mkdir(exist_ok=True)
+        self.written[name] = keep or self.written.get(name, False)
+        self._write_record("running")
+        return path
+
     def set_progress(self, progress: str) -> None:
-        """Describe the finished work that a failure keeps, and record it."""
+        """Describe the finished work that a failure keeps, and record it.
+
+        Raises ``OSError`` when the record cannot be written."""
         self.progress = progress
         self._write_record("running")
 
     def write_text(self, name: str, text: str, *, keep: bool = False) -> Path:
-        """Write ``text`` to ``name`` atomically; returns the path."""
+        """Write ``text`` to ``name`` atomically; returns the path.
+
+        Raises ``ValueError`` for a bad name (see :meth:`target`), ``OSError`` when the file
+        cannot be written."""
         with self.target(name, keep=keep) as tmp:
             tmp.write_text(text, encoding="utf-8")
         return self.path / name
 
     def append_line(self, name: str, line: str, *, progress: str | None = None) -> None:
         """Append ``line`` to the kept file ``name`` (rewritten atomically) and, if given, set
-        :attr:`progress`, the description of the finished work that a failure keeps."""
+        :attr:`progress`, the description of the finished work that a failure keeps.
+
+        Raises as :meth:`write_text` does."""
         old = (self.path / name).read_text(encoding="utf-8") if name in self.written else ""
         self.write_text(name, old + line.rstrip("\n") + "\n", keep=True)
         if progress is not None:
@@ -344,7 +385,9 @@ class RunFolder:
     def append_row(self, name: str, row: Mapping[str, Any], *, progress: str | None = None) -> None:
         """Append ``row`` to the kept CSV file ``name`` (rewritten atomically), as
         :meth:`append_line` does. The header is written once, from the first row's keys; a later
-        row with new keys appends them as columns (earlier rows leave them empty)."""
+        row with new keys appends them as columns (earlier rows leave them empty).
+
+        Raises as :meth:`write_text` does."""
         columns: list[str] = []
         rows: list[dict[str, str]] = []
         if name in self.written:

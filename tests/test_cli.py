@@ -65,6 +65,7 @@ def test_train_and_evaluate_end_to_end(tmp_path, monkeypatch, capsys):
         "metrics.json",
         "model.pt",
         "run.json",
+        "tensorboard",
     ]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
     lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
@@ -103,15 +104,19 @@ def test_train_and_evaluate_end_to_end(tmp_path, monkeypatch, capsys):
 
     # A finished run is replaced only with --overwrite.
     again = ["train", str(tmp_path / "tiny.toml"), "train.epochs=2", "--out", str(out)]
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert cli.main(again) == 2
     err = capsys.readouterr().err
     assert "holds a `train` run that is complete" in err and "--overwrite" in err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == (
+        before
+    )
+    names = sorted(p.name for p in out.iterdir())
     assert cli.main([*again, "--overwrite"]) == 0
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert len(list((out / "tensorboard").iterdir())) == 1  # the replaced run's events are gone
 
 
 def test_the_run_records_its_provenance(tmp_path):
@@ -123,7 +128,14 @@ def test_the_run_records_its_provenance(tmp_path):
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "r" / "run.json").read_text())
     assert record["command"] == "train" and record["state"] == "complete"
-    assert record["files"] == ["config.toml", "log.csv", "log.jsonl", "metrics.json", "model.pt"]
+    assert record["files"] == [
+        "config.toml",
+        "log.csv",
+        "log.jsonl",
+        "metrics.json",
+        "model.pt",
+        "tensorboard",
+    ]
     prov = record["provenance"]
     assert prov["command_line"] == ["sbnkit", "train", "tiny.toml", "--out", "r"]
     assert prov["sbnkit"] == sbnkit.__version__ and prov["torch"] == torch.__version__
@@ -194,7 +206,7 @@ def test_sigterm_saves_the_state_and_resume_continues_bit_for_bit(tmp_path, monk
     logged = len((run / "log.jsonl").read_text().splitlines())
     assert 2 <= logged < 20
     assert len((run / "log.csv").read_text().splitlines()) == 1 + logged
-    kept = "kept checkpoint.pt, config.toml, log.csv, log.jsonl"
+    kept = "kept checkpoint.pt, config.toml, log.csv, log.jsonl, tensorboard"
     assert f"{kept} in {run} ({logged} finished epochs" in err
     assert f"continue with `sbnkit train --resume {run}`" in err
     assert err.strip().splitlines()[-1] == "sbnkit: stopped by SIGTERM"
@@ -206,10 +218,17 @@ def test_sigterm_saves_the_state_and_resume_continues_bit_for_bit(tmp_path, monk
         "log.csv",
         "log.jsonl",
         "run.json",
+        "tensorboard",
     ]
     record = json.loads((run / "run.json").read_text())
     assert record["state"] == "interrupted"
-    assert record["files"] == ["checkpoint.pt", "config.toml", "log.csv", "log.jsonl"]
+    assert record["files"] == [
+        "checkpoint.pt",
+        "config.toml",
+        "log.csv",
+        "log.jsonl",
+        "tensorboard",
+    ]
 
     monkeypatch.setenv("SBNKIT_DATA", str(tmp_path / "data"))
     again = ["train", str(tmp_path / "long.toml"), "--out", str(run)]
@@ -224,6 +243,7 @@ def test_sigterm_saves_the_state_and_resume_continues_bit_for_bit(tmp_path, monk
         "metrics.json",
         "model.pt",
         "run.json",
+        "tensorboard",
     ]
     record = json.loads((run / "run.json").read_text())
     assert record["state"] == "complete" and len(record["provenance"]["resumed"]) == 1

@@ -77,6 +77,37 @@ def test_a_failure_keeps_the_finished_work_and_says_so(tmp_path):
     assert record["state"] == "interrupted" and record["files"] == ["config.toml", "log.jsonl"]
 
 
+def test_a_writers_sub_folder_is_kept_moved_aside_and_removed_as_a_whole(tmp_path):
+    out = tmp_path / "run"
+    with RunFolder(out, "job") as rf:
+        (rf.folder("events", keep=True) / "e.1").write_text("old")
+        with pytest.raises(ValueError, match="not a folder name"):
+            rf.folder(".hidden")
+    assert read_record(out)["files"] == ["events"]
+
+    def fail_early(rf):  # nothing finished: the new events go, the earlier run's come back
+        assert not (out / "events").exists()
+        (rf.folder("events", keep=True) / "e.2").write_text("new")
+
+    _fail(out, overwrite=True, body=fail_early)
+    assert [p.name for p in (out / "events").iterdir()] == ["e.1"]
+
+    def fail_later(rf):  # finished work: the events stay
+        (rf.folder("events", keep=True) / "e.3").write_text("new")
+        rf.set_progress("1 finished epoch")
+
+    _fail(out, overwrite=True, body=fail_later)
+    assert [p.name for p in (out / "events").iterdir()] == ["e.3"]
+    with RunFolder(out, "job", resume=True) as rf:  # resuming reuses the folder
+        assert sorted(p.name for p in rf.folder("events").iterdir()) == ["e.3"]
+        rf.remove("events")
+    assert not (out / "events").exists() and read_record(out)["files"] == []
+    (out / "mine").mkdir()
+    with RunFolder(out, "job", overwrite=True) as rf, pytest.raises(UserError, match="move it"):
+        rf.folder("mine")
+    assert (out / "mine").is_dir()
+
+
 def test_folders_it_did_not_create_are_refused_and_untouched(tmp_path):
     mine = tmp_path / "project"
     (mine / "src").mkdir(parents=True)

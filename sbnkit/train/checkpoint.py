@@ -19,12 +19,16 @@ from torch import nn
 
 from ..errors import UserError
 
+__all__ = ["FORMAT", "VERSION", "load", "read", "save", "write"]
+
 FORMAT = "sbnkit-checkpoint"
 VERSION = 1
 
 
 def write(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """``torch.save`` ``payload`` (tensors and plain data) to ``path`` atomically."""
+    """``torch.save`` ``payload`` (tensors and plain data) to ``path`` atomically.
+
+    Raises ``OSError`` when the file cannot be written; nothing is left behind then."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

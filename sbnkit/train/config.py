@@ -29,7 +29,10 @@ Sections and keys (defaults in parentheses)::
                       grad_clip (0 = off, else clamp each gradient entry); threads (2);
                       checkpoint_every (1: the training state is saved every N epochs, and on
                       SIGTERM/Ctrl-C; 0 = only then); device (auto = CUDA when present) | cpu |
-                      cuda | cuda:N | mps
+                      cuda | cuda:N | mps; batch_norm (local: each process normalises its own
+                      slice of the batch) | sync (SyncBatchNorm over all processes; CUDA only;
+                      the same as local with one process); tensorboard ("auto": write
+                      TensorBoard events when the package is installed) | true | false
     [data]            name (fashion_mnist); val_fraction (0); augment (none) | flip | crop |
                       flipcrop; crop_padding (4); standardize (true); root ("" = default lookup)
     [eval]            samples (16, ensemble size K); batch_size (2000); sample (auto) | units |
@@ -44,6 +47,7 @@ raise :class:`~sbnkit.errors.UserError` naming the key.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
@@ -51,7 +55,8 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import torch
 from torch import nn
@@ -60,6 +65,7 @@ from .. import data as data_lib
 from .. import estimators, models
 from .. import optim as optim_lib
 from ..devices import DEVICE_NAMES
+from ..distributed import BATCH_NORMS
 from ..errors import OptionError, UserError
 from ..inference import SAMPLE_CHOICES
 from ..network import SBN
@@ -173,6 +179,8 @@ class TrainConfig:
     threads: int = 2
     checkpoint_every: int = 1
     device: str = "auto"
+    batch_norm: str = "local"
+    tensorboard: bool | str = "auto"
 
 
 @dataclass
@@ -237,6 +245,12 @@ def _describe(value: Any) -> str:
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
+    if get_origin(tp) in (Union, UnionType):
+        for option in get_args(tp):
+            with contextlib.suppress(UserError):
+                return _convert(option, value, key)
+        kinds = " or ".join(_TYPE_NAMES[option] for option in get_args(tp))
+        raise UserError(f"{key} must be {kinds}, got {_describe(value)}")
     if is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"{key} must be a table [{key}], got {_describe(value)}")
@@ -384,6 +398,9 @@ def check(cfg: Config) -> Config:
     _positive("train.lr_gamma", t.lr_gamma)
     _positive("train.grad_clip", t.grad_clip, allow_zero=True)
     _positive("train.checkpoint_every", t.checkpoint_every, allow_zero=True)
+    _choice("train.batch_norm", t.batch_norm, BATCH_NORMS)
+    if t.tensorboard not in (True, False, "auto"):
+        raise UserError(f'train.tensorboard must be true, false or "auto", got {t.tensorboard!r}')
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device):
         raise UserError(f"train.device must be one of {', '.join(DEVICE_NAMES)}, got {t.device!r}")
     _choice("data.augment", d.augment, data_lib.AUGMENTS)

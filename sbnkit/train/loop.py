@@ -30,7 +30,16 @@ from .. import data as data_lib
 from .. import estimators, models
 from .. import optim as optim_lib
 from ..devices import resolve_device
-from ..distributed import Cluster, agree, all_reduce_gradients, join
+from ..distributed import (
+    Cluster,
+    agree,
+    all_reduce_gradients,
+    check_batch_norm,
+    gather,
+    join,
+    leave,
+    use_batch_norm,
+)
 from ..errors import Stopped, StopSignal, UserError
 from ..estimators import Estimator
 from ..models import data_init_
@@ -39,12 +48,24 @@ from . import state
 from .config import Config, OptimizerConfig, latent_method, model_options
 from .metrics import evaluate, final_metrics
 
+__all__ = [
+    "Run",
+    "build_model",
+    "build_optimizers",
+    "fit",
+    "prepare",
+    "seed_everything",
+    "weight_factory",
+]
+
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
 
 def weight_factory(cfg: Config) -> Callable[[], nn.Module]:
     """New binary-weight parametrizations of the ``[optim.latent]`` method: for ``md`` (and
-    ``adam`` / ``sgd``) Bernoulli weights of the ``[model]`` ``weight_*`` keys."""
+    ``adam`` / ``sgd``) Bernoulli weights of the ``[model]`` ``weight_*`` keys.
+
+    Raises :class:`~sbnkit.errors.UserError` for an unknown method."""
     m = cfg.model
     name, options = latent_method(cfg.optim.latent)
     if name == "md":
@@ -78,7 +99,10 @@ def build_optimizers(
 ) -> dict[str, torch.optim.Optimizer]:
     """``{"latent": ..., "real": ...}`` optimizers of ``cfg.optim`` (empty groups left out); the
     latent one is the ``[optim.latent]`` method's, with ``train_size`` (the number of training
-    examples) unless the config sets it."""
+    examples) unless the config sets it.
+
+    Raises :class:`~sbnkit.errors.UserError` for an unknown method or a missing required option.
+    """
     out = {}
     latent, real = latent_parameters(model), real_parameters(model)
     if latent:
@@ -121,19 +145,30 @@ def prepare(cfg: Config) -> Run:
 
     The model goes to ``train.device``; the data stay on the CPU and travel batch by batch.
     Under ``torchrun`` this process joins the group (:mod:`sbnkit.distributed`): every rank
-    builds the same model, then draws its noise from its own stream. Raises
-    :class:`~sbnkit.errors.UserError` for missing data, an unavailable device, or a batch size
-    that the processes cannot share equally.
+    builds the same model (with SyncBatchNorm for ``train.batch_norm = "sync"``), then draws its
+    noise from its own stream. Raises :class:`~sbnkit.errors.UserError` for missing data, an
+    unavailable device, a batch size that the processes cannot share equally, or synchronised
+    BatchNorm off CUDA; the process leaves its group when it fails.
     """
     device = resolve_device(cfg.train.device)
     cluster = join(device.type)
+    try:
+        return _prepare(cfg, device, cluster)
+    except BaseException:
+        leave(cluster)
+        raise
+
+
+def _prepare(cfg: Config, device: torch.device, cluster: Cluster) -> Run:
     if device.type == "cuda" and cluster.world_size > 1:
         device = torch.device("cuda", cluster.local_rank)
+        torch.cuda.set_device(device)
     if cfg.train.batch_size % cluster.world_size:
         raise UserError(
             f"train.batch_size = {cfg.train.batch_size} cannot be split equally over "
             f"{cluster.world_size} processes; use a multiple of {cluster.world_size}"
         )
+    check_batch_norm(cfg.train.batch_norm, cluster, device)
     torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     d = cfg.data
@@ -148,7 +183,7 @@ def prepare(cfg: Config) -> Run:
             f"the training set has {train[0].shape[0]} examples, at least 2 are needed; "
             "lower data.val_fraction"
         )
-    model = build_model(cfg).to(device)
+    model = use_batch_norm(build_model(cfg).to(device), cfg.train.batch_norm, cluster, device)
     estimator = estimators.get(cfg.estimator.name, **cfg.estimator.options)
     optimizers = build_optimizers(cfg, model, train[0].shape[0])
     if cluster.rank:
@@ -188,11 +223,14 @@ def fit(
     ``stop`` is set (by a signal handler); it calls ``write(path)`` to write the training state
     (:mod:`.state`) to ``path``. When ``stop`` is set the loop finishes its step, saves and raises
     :class:`~sbnkit.errors.Stopped`. ``resume``: a state loaded by :func:`.state.load`; training
-    continues from it exactly as the uninterrupted run would have.
+    continues from it exactly as the uninterrupted run would have, each process from its own
+    random streams. With several processes every rank calls ``fit`` (only rank 0 with
+    ``save_state``): each checkpoint gathers the ranks' streams to rank 0.
 
     Returns the final metrics (see :func:`~sbnkit.train.metrics.final_metrics`) plus
     ``epochs``, ``seconds`` and ``train_seconds``. Raises :class:`~sbnkit.errors.UserError` when
-    the loss diverges.
+    the loss diverges, or ``resume`` does not fit the model or was saved by another number of
+    processes.
     """
     cfg, model, est, cluster = run.config, run.model, run.estimator, run.cluster
     t, e = cfg.train, cfg.eval
@@ -221,15 +259,21 @@ def fit(
     at = state.LoopPosition(epoch=1, step=0, loss_total=0.0, logged=0, train_seconds=0.0)
     epoch_rng = None
     if resume is not None:
+        state.check_world_size(resume, cluster.world_size)
         at = resume["position"]
-        model.load_state_dict(resume["model"])
+        try:
+            model.load_state_dict(resume["model"])
+        except RuntimeError:
+            raise UserError(
+                "the saved training state does not fit the model of its config; it is damaged "
+                "or was written by another sbnkit version"
+            ) from None
         for k, o in run.optimizers.items():
             o.load_state_dict(resume["optimizers"][k])
             schedulers[k].load_state_dict(resume["schedulers"][k])
-        epoch_rng = resume["rng"]
-        state.restore_rng(epoch_rng, shuffle, augment)
-        if cluster.rank:  # the state holds rank 0's noise stream; the others start afresh
-            torch.manual_seed(t.seed + cluster.rank + 7919 * (at.epoch * 1_000_003 + at.step))
+        mine = resume["ranks"][cluster.rank]
+        epoch_rng = mine["rng"]
+        state.restore_rank(mine, model, shuffle, augment)
 
     latents = latent_parameters(model)
     signs = []  # the binary weights' signs at the start of the epoch in progress
@@ -237,10 +281,13 @@ def fit(
         signs = [x.to(lat.device) for x, lat in zip(resume["epoch_signs"], latents, strict=True)]
 
     def checkpoint_now(rng: dict[str, Any]) -> None:
-        if save_state is not None:
+        if save_state is None and cluster.world_size == 1:
+            return
+        ranks = gather(state.rank_state(model, rng), cluster)  # every rank takes part
+        if save_state is not None and ranks is not None:
             save_state(
                 at,
-                lambda path: state.save(path, at, model, run.optimizers, schedulers, rng, signs),
+                lambda path: state.save(path, at, model, run.optimizers, schedulers, ranks, signs),
             )
 
     for epoch in range(at.epoch, t.epochs + 1):

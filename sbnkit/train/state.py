@@ -4,8 +4,10 @@ uninterrupted one would (on the same device and thread count).
 It holds the model, every optimizer and LR scheduler, where the loop stands (epoch, steps done in
 it, the running loss sum) and every random stream: torch's global generator (unit and weight
 noise), the CUDA generators, NumPy's and Python's, and the loop's own data-order and augmentation
-generators. Only tensors and plain data are stored, so the file loads with
-``torch.load(..., weights_only=True)``.
+generators. With several processes (:mod:`sbnkit.distributed`) rank 0 writes the file, holding
+every rank's streams and buffers (BatchNorm statistics of its own slices), and a resumed rank
+restores its own; a run resumes only with the number of processes it was trained with. Only
+tensors and plain data are stored, so the file loads with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ import torch
 from ..errors import UserError
 from . import checkpoint
 
-__all__ = ["FORMAT", "LoopPosition", "capture_rng", "load", "restore_rng", "save"]
+__all__ = [
+    "FORMAT",
+    "LoopPosition",
+    "capture_rng",
+    "check_world_size",
+    "load",
+    "rank_state",
+    "restore_rank",
+    "restore_rng",
+    "save",
+]
 
 FORMAT = "sbnkit-training-state"
 
@@ -72,17 +84,52 @@ def restore_rng(rng: dict[str, Any], shuffle: torch.Generator, augment: torch.Ge
     augment.set_state(rng["augment"])
 
 
+def rank_state(model: torch.nn.Module, rng: dict[str, Any]) -> dict[str, Any]:
+    """What one process holds of its own: its random streams ``rng`` (:func:`capture_rng`) and
+    ``model``'s buffers (BatchNorm statistics, which each rank gathers from its own slices)."""
+    buffers = {k: b.detach().cpu().clone() for k, b in model.named_buffers()}
+    return {"rng": rng, "buffers": buffers}
+
+
+def restore_rank(
+    saved: dict[str, Any],
+    model: torch.nn.Module,
+    shuffle: torch.Generator,
+    augment: torch.Generator,
+) -> None:
+    """Give ``model`` and the random streams the state of this process (``saved``: one entry of
+    the state's ``ranks``), after the model's weights are loaded.
+
+    Raises :class:`~sbnkit.errors.UserError` when the saved buffers do not fit ``model``.
+    """
+    buffers = dict(model.named_buffers())
+    if buffers.keys() != saved["buffers"].keys() or any(
+        b.shape != saved["buffers"][k].shape for k, b in buffers.items()
+    ):
+        raise UserError(
+            "the saved training state does not fit the model of its config; it is damaged or "
+            "was written by another sbnkit version"
+        )
+    restore_rng(saved["rng"], shuffle, augment)
+    with torch.no_grad():
+        for name, b in buffers.items():
+            b.copy_(saved["buffers"][name])
+
+
 def save(
     path: str | os.PathLike,
     position: LoopPosition,
     model: torch.nn.Module,
     optimizers: dict[str, torch.optim.Optimizer],
     schedulers: dict[str, Any],
-    rng: dict[str, Any],
+    ranks: list[dict[str, Any]],
     epoch_signs: list[torch.Tensor],
 ) -> None:
-    """Write the training state to ``path`` atomically (``epoch_signs``: the binary weights'
-    signs at the start of the epoch in progress, for its flip ratio)."""
+    """Write the training state to ``path`` atomically (``ranks``: every process's
+    :func:`rank_state` in rank order; ``epoch_signs``: the binary weights' signs at the start of
+    the epoch in progress, for its flip ratio).
+
+    Raises ``OSError`` when the file cannot be written; nothing is left behind then."""
     checkpoint.write(
         path,
         {
@@ -92,14 +139,28 @@ def save(
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-            "rng": rng,
+            "world_size": len(ranks),
+            "ranks": ranks,
             "epoch_signs": [x.cpu() for x in epoch_signs],
         },
     )
 
 
+def check_world_size(saved: dict[str, Any], world_size: int) -> None:
+    """Raise :class:`~sbnkit.errors.UserError` unless the state ``saved`` was written by a run
+    of ``world_size`` processes (each rank resumes its own streams)."""
+    n = saved["world_size"]
+    if n != world_size:
+        launch = "without torchrun" if n == 1 else f"with torchrun --nproc_per_node={n}"
+        raise UserError(
+            f"the run was trained with {n} process{'es' * (n != 1)}, not {world_size}; resume it "
+            f"{launch} (its random streams are per process)"
+        )
+
+
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    """The training state in ``path``; ``position`` is a :class:`LoopPosition`.
+    """The training state in ``path``; ``position`` is a :class:`LoopPosition`, ``ranks`` each
+    process's :func:`rank_state`.
 
     Raises :class:`~sbnkit.errors.UserError` for a missing, unreadable or damaged file.
     """
@@ -108,11 +169,17 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     )
     try:
         payload["position"] = LoopPosition(**payload["position"])
-        for key in ("model", "optimizers", "schedulers", "rng"):
+        for key in ("model", "optimizers", "schedulers"):
             if not isinstance(payload[key], dict):
                 raise TypeError(key)
-        if not isinstance(payload["epoch_signs"], list):
+        ranks = payload["ranks"]
+        if not isinstance(payload["epoch_signs"], list) or not isinstance(ranks, list):
             raise TypeError("epoch_signs")
+        if payload["world_size"] != len(ranks) or not ranks:
+            raise TypeError("world_size")
+        for r in ranks:
+            if not isinstance(r["rng"], dict) or not isinstance(r["buffers"], dict):
+                raise TypeError("ranks")
     except (KeyError, TypeError):
         raise UserError(
             f"training state {path} is incomplete or damaged; the run cannot be resumed"
