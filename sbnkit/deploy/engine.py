@@ -30,7 +30,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from ..errors import UserError
-from .fold import Layer
+from .fold import Layer, Output
 from .format import read
 from .packing import pack_signs, unpack_signs
 
@@ -191,7 +191,7 @@ class _Compiled:
         return _activate((t * self.scale + self.shift).astype(np.float32, copy=False), self.output)
 
 
-def _activate(y: np.ndarray, output: str) -> np.ndarray:
+def _activate(y: np.ndarray, output: Output) -> np.ndarray:
     return np.maximum(y, 0.0) if output == "relu" else y
 
 

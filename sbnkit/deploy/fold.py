@@ -67,11 +67,15 @@ from ..weights import LatentWeight
 from .packing import pack_signs
 
 __all__ = [
+    "DENSE_POOLS",
     "EXPORTABLE",
     "OUTPUTS",
     "RESNET_POOL",
+    "DensePool",
     "Layer",
     "Output",
+    "PoolKind",
+    "Reads",
     "fold_model",
     "fold_threshold",
     "model_input_shape",
@@ -79,6 +83,10 @@ __all__ = [
 
 Output = Literal["sign", "relu", "identity"]
 OUTPUTS: tuple[Output, ...] = get_args(Output)
+Reads = Literal["bits", "float"]  # what a layer reads: packed ±1 states or float32 values
+DensePool = Literal["none", "avg"]  # a dense layer's input: as is, or averaged over positions
+DENSE_POOLS: tuple[DensePool, ...] = get_args(DensePool)
+PoolKind = Literal["maxpool2d", "avgpool2d"]
 EXPORTABLE = "an sbnkit SBN, an nn.Sequential or a ResNet18"
 RESNET_POOL = 4  # ResNet18.forward: F.avg_pool2d(out, 4) before the Linear
 
@@ -221,9 +229,9 @@ def _weight_matrix(w: torch.Tensor, spatial_in: tuple[int, ...] | None) -> np.nd
 
 def _op_layer(
     op: nn.Linear | nn.Conv2d,
-    in_kind: str,
+    in_kind: Reads,
     shape: tuple[int, ...],
-    pool: str,
+    pool: DensePool,
 ) -> tuple[Layer, torch.Tensor, bool, int]:
     """The op part of a layer: geometry, weights; returns ``(layer, weight, binary, K)``."""
     w, binary = _mode_weight(op)
@@ -477,7 +485,7 @@ class _Chain:
         self._close()
 
     def _pool_module(self, m: nn.MaxPool2d | nn.AvgPool2d) -> None:
-        kind = "maxpool2d" if isinstance(m, nn.MaxPool2d) else "avgpool2d"
+        kind: PoolKind = "maxpool2d" if isinstance(m, nn.MaxPool2d) else "avgpool2d"
         plain = _pair(m.padding) == (0, 0) and not m.ceil_mode
         if kind == "maxpool2d":
             plain = plain and _pair(m.dilation) == (1, 1) and not m.return_indices
@@ -490,7 +498,7 @@ class _Chain:
             )
         self.pool(kind, _pair(m.kernel_size), _pair(m.stride or m.kernel_size))
 
-    def pool(self, kind: str, kernel: tuple[int, int], stride: tuple[int, int]) -> None:
+    def pool(self, kind: PoolKind, kernel: tuple[int, int], stride: tuple[int, int]) -> None:
         """A ``maxpool2d`` / ``avgpool2d`` layer (no padding, floor) on the current map."""
         if len(self.shape) != 3:
             raise UserError(f"a 2-d pool cannot read an input of shape {list(self.shape)}")

@@ -25,7 +25,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from ..errors import UserError
-from .fold import OUTPUTS, Layer
+from .fold import DENSE_POOLS, OUTPUTS, Layer, Reads
 from .packing import words_for
 
 __all__ = [
@@ -240,7 +240,7 @@ def _ints(where: str, meta: dict, key: str, minimum: int) -> list[int]:
 class _Checker:
     """Validates a header's layer lists against the arrays; records which arrays it used."""
 
-    def __init__(self, data: dict[str, np.ndarray], kinds: tuple[str, ...]) -> None:
+    def __init__(self, data: dict[str, np.ndarray], kinds: tuple[LayerKind, ...]) -> None:
         self.data, self.kinds = data, kinds
         self.used = {"magic", "header"}
 
@@ -253,8 +253,8 @@ class _Checker:
         self.used.add(full)
 
     def chain(
-        self, metas: list, prefix: str, shape: tuple[int, ...], kind: str
-    ) -> tuple[list[Layer], tuple[int, ...], str]:
+        self, metas: list, prefix: str, shape: tuple[int, ...], kind: Reads
+    ) -> tuple[list[Layer], tuple[int, ...], Reads]:
         """The layers of ``metas`` (array names ``{prefix}{i}.*``) reading ``shape``/``kind``;
         returns them with their output shape and kind."""
         if not isinstance(metas, list):
@@ -282,13 +282,15 @@ class _Checker:
         return layers, shape, kind
 
     def _op(
-        self, meta: dict, where: str, shape: tuple[int, ...], kind: str
-    ) -> tuple[Layer, tuple[int, ...], str]:
+        self, meta: dict, where: str, shape: tuple[int, ...], kind: Reads
+    ) -> tuple[Layer, tuple[int, ...], Reads]:
         if meta["output"] not in OUTPUTS:
             raise UserError(f"{where} has unknown output {meta['output']!r}")
         if meta["weight"] not in WEIGHT_KINDS:
             raise UserError(f"{where} has unknown weight kind {meta['weight']!r}")
         pool = meta.get("pool", "none")
+        if pool not in DENSE_POOLS or (pool == "avg" and meta["kind"] != "dense"):
+            raise UserError(f"{where} has unknown pool {pool!r}; the file is damaged")
         if meta["kind"] == "conv2d":
             kh, kw = _ints(where, meta, "kernel", 1)
             sh, sw = _ints(where, meta, "stride", 1)
@@ -364,7 +366,9 @@ class _Checker:
         return Layer(own, {}, {"body": body, "shortcut": short}), body_shape
 
 
-def _check_file(header: dict, data: dict[str, np.ndarray], kinds: tuple[str, ...]) -> list[Layer]:
+def _check_file(
+    header: dict, data: dict[str, np.ndarray], kinds: tuple[LayerKind, ...]
+) -> list[Layer]:
     """Check that each layer's arrays fit its geometry, that the layers chain, and that every
     array belongs to a layer."""
     shape = tuple(int(s) for s in header["input_shape"])
