@@ -325,6 +325,7 @@ def test_unexportable_graphs_are_refused(tmp_path):
         (nn.Sequential(nn.Linear(4, 3), nn.BatchNorm2d(3)), (4,), "cannot read an input"),
         (nn.Sequential(nn.ReLU()), (4,), "no Linear or Conv2d"),
         (models.mlp([4, 5, 2]), (5,), "differs from the model's"),
+        (_build("mlp_binaryconnect"), (3, 32, 32), "expects 784 inputs, its input has 3072"),
         (nn.Linear(2, 2), (2,), "SBN, an nn.Sequential or a ResNet18"),
     ):
         with pytest.raises(UserError, match=phrase):
@@ -392,6 +393,10 @@ def test_summary_of_resnet18_totals_by_hand():
     assert len(s.rows) == 21 and s.binary_macs == 0
     assert s.rows[0] == s.rows[0].__class__("conv1 Conv2d", (4, 32, 32), 108, 8, 0, 108 * 1024)
     assert s.rows[7].name == "layers.2.shortcut.0 Conv2d" and s.rows[7].float_params == 16
+    with pytest.raises(UserError, match=r"cannot run on inputs of shape \[3, 28, 28\]"):
+        deploy.summary(_build("vgg16"), input_shape=(3, 28, 28))
+    with pytest.raises(UserError, match="needs its input shape"):
+        deploy.summary(_build("resnet18"))
 
 
 # --- CLI ------------------------------------------------------------------------------------

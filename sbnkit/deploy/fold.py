@@ -50,6 +50,7 @@ Binary-weight networks with real activations (an ``nn.Sequential``, or
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -237,7 +238,10 @@ def _op_layer(
     w, binary = _mode_weight(op)
     if isinstance(op, nn.Conv2d):
         if len(shape) != 3 or shape[2] != op.in_channels:
-            raise UserError(f"conv layer expects {op.in_channels} input channels, got {shape}")
+            raise UserError(
+                f"conv layer expects {op.in_channels} input channels, its input has shape "
+                f"{list(shape)} (channels last); check input_shape and the layers before it"
+            )
         meta = _conv_meta(op, (shape[0], shape[1]))
         k = op.in_channels * op.kernel_size[0] * op.kernel_size[1]
         spatial = None
@@ -247,7 +251,7 @@ def _op_layer(
         if n_in != op.in_features:
             raise UserError(
                 f"dense layer expects {op.in_features} inputs, its input has {n_in}; "
-                "only SBN stages and the head are exported"
+                "check input_shape and the layers before it"
             )
         meta = {"kind": "dense", "in_features": n_in, "out_features": op.out_features}
         k = n_in
@@ -289,11 +293,12 @@ def model_input_shape(
             f"{what} of a {type(model).__name__} needs its input shape; pass input_shape, "
             "e.g. (3, 32, 32) or (784,)"
         )
-    shape = tuple(input_shape)
+    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else (input_shape,)
     if len(shape) not in (1, 3) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in shape
     ):
         raise UserError(f"input_shape must be [C, H, W] or [F] of positive integers, got {shape}")
+    shape = tuple(int(s) for s in shape)
     if isinstance(model, SBN) and shape != model.input_shape:
         raise UserError(
             f"input_shape {list(shape)} differs from the model's {list(model.input_shape)}; "

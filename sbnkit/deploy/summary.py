@@ -175,7 +175,10 @@ def _row(
 def _output_shapes(
     model: nn.Module, modules: list[nn.Module], input_shape: tuple[int, ...]
 ) -> dict[int, tuple[int, ...]]:
-    """``id(module) -> output shape`` (without the batch) from one eval forward of zeros."""
+    """``id(module) -> output shape`` (without the batch) from one eval forward of zeros.
+
+    Raises :class:`UserError` if the model cannot run on inputs of ``input_shape``.
+    """
     shapes: dict[int, tuple[int, ...]] = {}
     hooks = [
         m.register_forward_hook(lambda mod, _i, o: shapes.__setitem__(id(mod), tuple(o.shape[1:])))
@@ -188,6 +191,12 @@ def _output_shapes(
         dtype = param.dtype if param is not None else torch.float32
         with using_weight_mode(model, "mode"):
             model(torch.zeros((1, *input_shape), dtype=dtype))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"the model cannot run on inputs of shape {list(input_shape)} ({first}); "
+            "check input_shape"
+        ) from None
     finally:
         model.train(was_training)
         for h in hooks:
