@@ -209,7 +209,8 @@ def _add_deploy_commands(sub) -> None:
 def _summary(args: argparse.Namespace) -> int:
     from . import deploy
 
-    print(deploy.summary(deploy.source.load_model(args.model)).table())
+    model, input_shape = deploy.source.load_model(args.model)
+    print(deploy.summary(model, input_shape).table())
     return 0
 
 
@@ -221,8 +222,8 @@ def _export(args: argparse.Namespace) -> int:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist; create it or pass another OUT")
-    model = deploy.source.load_model(args.checkpoint, allow_config=False)
-    deploy.export(model, out, overwrite=args.overwrite)
+    model, input_shape = deploy.source.load_model(args.checkpoint, allow_config=False)
+    deploy.export(model, out, overwrite=args.overwrite, input_shape=input_shape)
     size, ckpt = out.stat().st_size, Path(args.checkpoint).stat().st_size
     print(f"wrote {out}: {size:,} B ({ckpt / size:.1f}x smaller than the checkpoint, {ckpt:,} B)")
     return 0

@@ -13,23 +13,38 @@ chunks) and ``numba`` (one fused XOR–popcount loop per output, parallel, LLVM 
 ``numba``, a dense layer with packed weights that reads floats uses a byte lookup table
 (:func:`signed_sum_numba`) for batches up to ``SIGNED_SUM_MAX_BATCH``; it differs from the
 float32 product only by round-off.
+
+Binary-weight networks with real activations read floats everywhere, so their dense and conv
+layers take the float path above (packed ``±1`` weights, float32 activations). The other layer
+kinds run in numpy on float32 channels-last maps: ``affine`` (``act(x·scale + shift)``),
+``maxpool2d`` / ``avgpool2d`` (max / float32 mean over each window) and ``residual``
+(``act(body(x) + shortcut(x))``, each branch a list of layers run like the top level).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from ..errors import UserError
-from .fold import Layer
+from .fold import Layer, Output
 from .format import read
 from .packing import pack_signs, unpack_signs
 
-__all__ = ["KERNELS", "Engine", "popcount_numba", "popcount_numpy", "signed_sum_numba"]
+__all__ = [
+    "KERNELS",
+    "Engine",
+    "Kernel",
+    "popcount_numba",
+    "popcount_numpy",
+    "signed_sum_numba",
+]
 
-KERNELS = ("numpy", "numba")
+Kernel = Literal["numpy", "numba"]
+KERNELS: tuple[Kernel, ...] = get_args(Kernel)
 CHUNK_WORDS = 1 << 18  # XOR temporaries of the numpy kernel stay below 2 MiB
 SIGNED_SUM_MAX_BATCH = 8  # float inputs x packed weights: lookup kernel up to this batch
 
@@ -75,16 +90,21 @@ def popcount_numba(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
+def _windows(x: np.ndarray, meta: dict) -> np.ndarray:
+    """The view ``[B, Ho, Wo, C, kh, kw]`` of the (padded) NHWC map ``x``'s windows."""
+    (kh, kw), (sh, sw) = meta["kernel"], meta["stride"]
+    ho, wo = meta["out_hw"]
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))
+    return win[:, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw]
+
+
 def _im2col(x: np.ndarray, meta: dict, pad_value) -> np.ndarray:
     """Patches ``[B, Ho, Wo, kh·kw·C]`` (order ``(kh, kw, c)``) of the NHWC map ``x``."""
-    (kh, kw), (sh, sw), (ph, pw) = meta["kernel"], meta["stride"], meta["padding"]
-    ho, wo = meta["out_hw"]
+    ph, pw = meta["padding"]
     if ph or pw:
         x = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
-    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))
-    win = win[:, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw]  # [B, Ho, Wo, C, kh, kw]
-    win = win.transpose(0, 1, 2, 4, 5, 3)
-    return win.reshape(x.shape[0], ho, wo, -1)
+    win = _windows(x, meta).transpose(0, 1, 2, 4, 5, 3)
+    return win.reshape(x.shape[0], *meta["out_hw"], -1)
 
 
 def _padding_correction(meta: dict, w_signs: np.ndarray) -> np.ndarray | None:
@@ -139,7 +159,7 @@ class _Compiled:
             self._floats = unpack_signs(self.words, self.k, np.float32)
         return self._floats
 
-    def preactivation(self, x: np.ndarray, kernel: str) -> np.ndarray:
+    def preactivation(self, x: np.ndarray, kernel: Kernel) -> np.ndarray:
         """``t = W·x`` (int64 for integer layers, float32 otherwise); ``x`` bool or float32."""
         meta = self.meta
         if meta.get("pool") == "avg":
@@ -168,24 +188,110 @@ class _Compiled:
         """The layer output: bool states (``True`` = ``−1``) or float32 values."""
         if self.output == "sign":
             return np.where(self.flip, t > self.threshold, t < self.threshold)
-        y = (t * self.scale + self.shift).astype(np.float32, copy=False)
-        return np.maximum(y, 0.0) if self.output == "relu" else y
+        return _activate((t * self.scale + self.shift).astype(np.float32, copy=False), self.output)
+
+
+def _activate(y: np.ndarray, output: Output) -> np.ndarray:
+    return np.maximum(y, 0.0) if output == "relu" else y
+
+
+class _Affine:
+    """An ``affine`` layer: ``act(x·scale + shift)`` per channel (the last axis), float32."""
+
+    integer = False
+    stored_bytes = 0
+
+    def __init__(self, layer: Layer) -> None:
+        self.meta, self.output = layer.meta, layer.meta["output"]
+        self.scale, self.shift = layer.arrays["scale"], layer.arrays["shift"]
+
+    def preactivation(self, x: np.ndarray, kernel: Kernel) -> np.ndarray:
+        return x
+
+    def activate(self, t: np.ndarray) -> np.ndarray:
+        return _activate((t * self.scale + self.shift).astype(np.float32, copy=False), self.output)
+
+
+class _Pool:
+    """A ``maxpool2d`` / ``avgpool2d`` layer on a float32 NHWC map (no padding, floor)."""
+
+    integer = False
+    stored_bytes = 0
+    output = "identity"
+
+    def __init__(self, layer: Layer) -> None:
+        self.meta = layer.meta
+
+    def preactivation(self, x: np.ndarray, kernel: Kernel) -> np.ndarray:
+        win = _windows(x, self.meta)
+        if self.meta["kind"] == "maxpool2d":
+            return win.max(axis=(-2, -1))
+        return win.mean(axis=(-2, -1), dtype=np.float32)
+
+    def activate(self, t: np.ndarray) -> np.ndarray:
+        return t
+
+
+class _Residual:
+    """A ``residual`` layer: ``act(body(x) + shortcut(x))``; an empty shortcut is ``x``."""
+
+    integer = False
+
+    def __init__(self, layer: Layer) -> None:
+        self.meta, self.output = layer.meta, layer.meta["output"]
+        self.body = [_compile(sub) for sub in layer.branches["body"]]
+        self.shortcut = [_compile(sub) for sub in layer.branches["shortcut"]]
+        self.stored_bytes = sum(sub.stored_bytes for sub in [*self.body, *self.shortcut])
+
+    def preactivation(self, x: np.ndarray, kernel: Kernel) -> np.ndarray:
+        return _run(self.body, x, kernel) + _run(self.shortcut, x, kernel)
+
+    def activate(self, t: np.ndarray) -> np.ndarray:
+        return _activate(t, self.output)
+
+
+_Runnable = _Compiled | _Affine | _Pool | _Residual
+
+
+def _compile(layer: Layer) -> _Runnable:
+    kind = layer.meta["kind"]
+    if kind == "affine":
+        return _Affine(layer)
+    if kind in ("maxpool2d", "avgpool2d"):
+        return _Pool(layer)
+    if kind == "residual":
+        return _Residual(layer)
+    return _Compiled(layer)
+
+
+def _run(layers: list[_Runnable], h: np.ndarray, kernel: Kernel) -> np.ndarray:
+    for layer in layers:
+        h = layer.activate(layer.preactivation(h, kernel))
+    return h
 
 
 class Engine:
     """The mode network of a deploy file; :meth:`predict` maps float32 inputs to logits."""
 
-    def __init__(self, header: dict, layers: list[Layer], kernel: str = "numba") -> None:
+    def __init__(self, header: dict, layers: list[Layer], kernel: Kernel = "numba") -> None:
+        """Prepare the validated ``layers`` of a deploy file.
+
+        Raises :class:`UserError` for an unknown ``kernel``.
+        """
         if kernel not in KERNELS:
             raise UserError(f"unknown kernel {kernel!r}; known kernels: {', '.join(KERNELS)}")
         self.header = header
         self.kernel = kernel
         self.input_shape = tuple(int(s) for s in header["input_shape"])
-        self.layers = [_Compiled(layer) for layer in layers]
+        self.layers = [_compile(layer) for layer in layers]
 
     @classmethod
-    def load(cls, path: str | os.PathLike, kernel: str = "numba") -> Engine:
-        """Read and validate ``path`` (see :func:`sbnkit.deploy.format.read`)."""
+    def load(cls, path: str | os.PathLike, kernel: Kernel = "numba") -> Engine:
+        """Read and validate ``path`` (see :func:`sbnkit.deploy.format.read`).
+
+        Raises :class:`UserError` (one line) for a missing, damaged or mismatched file or an
+        unknown ``kernel``.
+        """
         header, layers = read(Path(path))
         return cls(header, layers, kernel)
 
@@ -203,7 +309,10 @@ class Engine:
         return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
 
     def trace(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(t, output)`` of every layer on ``x`` (spatial arrays channels last)."""
+        """``(t, output)`` of every top-level layer on ``x`` (spatial arrays channels last).
+
+        Raises :class:`UserError` for inputs that :meth:`predict` refuses.
+        """
         h = self._check(x)
         out = []
         for layer in self.layers:
@@ -217,10 +326,7 @@ class Engine:
 
         Raises :class:`UserError` for a wrong shape, a non-float dtype or non-finite values.
         """
-        h = self._check(x)
-        for layer in self.layers:
-            h = layer.activate(layer.preactivation(h, self.kernel))
-        return h
+        return _run(self.layers, self._check(x), self.kernel)
 
     def weight_bytes(self) -> int:
         """Bytes of the weights as stored in the file (packed words or float32)."""

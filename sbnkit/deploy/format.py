@@ -4,10 +4,14 @@
 * ``header``: UTF-8 JSON with ``format``, ``version``, ``input_shape``, ``num_outputs``, the
   ``semantics`` (plain-language rules the engine follows) and one entry per layer;
 * ``layer{i}.{name}``: the arrays of layer ``i`` (``weight``, ``threshold``, ``flip``, ``scale``,
-  ``shift``).
+  ``shift``); the layers of a ``residual`` layer's branches are ``layer{i}.body{j}`` and
+  ``layer{i}.shortcut{j}``.
 
-:func:`write` is atomic (temporary file in the same folder, then ``os.replace``); :func:`read`
-validates everything and raises :class:`~sbnkit.errors.UserError` with one line otherwise.
+Version 2 added the layer kinds ``affine``, ``maxpool2d``, ``avgpool2d`` and ``residual`` (for
+binary-weight networks with real activations); version 1 files (``dense`` and ``conv2d`` only,
+same meaning) are still read. :func:`write` is atomic (temporary file in the same folder, then
+``os.replace``); :func:`read` validates everything, rejects arrays the header does not name, and
+raises :class:`~sbnkit.errors.UserError` with one line otherwise.
 """
 
 from __future__ import annotations
@@ -16,21 +20,42 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from ..errors import UserError
-from .fold import Layer
+from .fold import DENSE_POOLS, OUTPUTS, Layer, Reads
 from .packing import words_for
 
-__all__ = ["FORMAT", "MAGIC", "SEMANTICS", "VERSION", "read", "write"]
+__all__ = [
+    "FORMAT",
+    "KINDS",
+    "LAYER_KEYS",
+    "MAGIC",
+    "SEMANTICS",
+    "VERSION",
+    "LayerKind",
+    "WeightKind",
+    "read",
+    "write",
+]
 
 FORMAT = "sbnkit-deploy"
 MAGIC = b"sbnkit-deploy"
-VERSION = 1
+VERSION = 2
+
+LayerKind = Literal["dense", "conv2d", "affine", "maxpool2d", "avgpool2d", "residual"]
+WeightKind = Literal["bits", "float32"]
+WEIGHT_KINDS: tuple[WeightKind, ...] = get_args(WeightKind)
+KINDS: dict[int, tuple[LayerKind, ...]] = {1: ("dense", "conv2d"), 2: get_args(LayerKind)}
 
 SEMANTICS = {
-    "network": "the mode network: every binary unit at z = 0, Bernoulli weights at sign(eta)",
+    "network": (
+        "the mode network in eval mode: every binary unit at z = 0, binary weights at their "
+        "mode sign (Bernoulli weights: sign(eta)), BatchNorm with its running statistics, "
+        "dropout off"
+    ),
     "sign": "sign(0) = +1; states are +1/-1",
     "packing": (
         "binary weights and states are packed 64 per little-endian uint64 along the input "
@@ -56,10 +81,23 @@ SEMANTICS = {
     "float_output": "y = act(t * scale + shift), act = relu or identity, in float32",
     "pool": "pool = avg: mean over spatial positions of the input before the dense op",
     "float_ops": "layers that read floats, or have float32 weights, compute t in float32",
+    "layers": "layers run in order, each on the previous one's output; the first reads the input",
+    "affine": (
+        "kind affine: y = act(x * scale + shift) per channel (the last axis), act = relu or "
+        "identity, in float32 (a BatchNorm folded where no layer before it could take it)"
+    ),
+    "pools": (
+        "kinds maxpool2d / avgpool2d: max / mean over kernel windows at the given stride, no "
+        "padding, output size floor((in - kernel) / stride) + 1, on float maps"
+    ),
+    "residual": (
+        "kind residual: y = act(body(x) + shortcut(x)); body and shortcut are layer lists run "
+        "on the same float input x, in order; an empty shortcut is the identity"
+    ),
 }
 
-LAYER_KEYS = {
-    "dense": ("in_features", "out_features"),
+LAYER_KEYS: dict[str, tuple[str, ...]] = {
+    "dense": ("in_features", "out_features", "input", "weight", "output"),
     "conv2d": (
         "in_channels",
         "out_channels",
@@ -68,28 +106,36 @@ LAYER_KEYS = {
         "padding",
         "in_hw",
         "out_hw",
+        "input",
+        "weight",
+        "output",
     ),
+    "affine": ("channels", "output"),
+    "maxpool2d": ("channels", "kernel", "stride", "in_hw", "out_hw"),
+    "avgpool2d": ("channels", "kernel", "stride", "in_hw", "out_hw"),
+    "residual": ("body", "shortcut", "output"),
 }
 
 
 def write(path: str | os.PathLike, layers: list[Layer], input_shape: tuple[int, ...]) -> None:
-    """Write ``layers`` atomically to ``path``; an existing file is replaced."""
+    """Write ``layers`` atomically to ``path``; an existing file is replaced.
+
+    Raises ``OSError`` if the folder cannot be written (the temporary file is removed).
+    """
     path = Path(path)
     header = {
         "format": FORMAT,
         "version": VERSION,
         "input_shape": list(input_shape),
-        "num_outputs": _out_size(layers[-1].meta),
+        "num_outputs": _out_size(layers[-1]),
         "semantics": SEMANTICS,
-        "layers": [layer.meta for layer in layers],
+        "layers": [_header_meta(layer) for layer in layers],
     }
     arrays = {
         "magic": np.frombuffer(MAGIC, dtype=np.uint8),
         "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
     }
-    for i, layer in enumerate(layers):
-        for name, value in layer.arrays.items():
-            arrays[f"layer{i}.{name}"] = value
+    _collect_arrays(layers, "layer", arrays)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -100,15 +146,37 @@ def write(path: str | os.PathLike, layers: list[Layer], input_shape: tuple[int, 
         raise
 
 
-def _out_size(meta: dict) -> int:
-    return meta["out_channels"] if meta["kind"] == "conv2d" else meta["out_features"]
+def _header_meta(layer: Layer) -> dict:
+    """The layer's header entry: its meta with its branches' entries nested."""
+    meta = dict(layer.meta)
+    for name, branch in layer.branches.items():
+        meta[name] = [_header_meta(sub) for sub in branch]
+    return meta
+
+
+def _collect_arrays(layers: list[Layer], prefix: str, out: dict[str, np.ndarray]) -> None:
+    for i, layer in enumerate(layers):
+        for name, value in layer.arrays.items():
+            out[f"{prefix}{i}.{name}"] = value
+        for name, branch in layer.branches.items():
+            _collect_arrays(branch, f"{prefix}{i}.{name}", out)
+
+
+def _out_size(layer: Layer) -> int:
+    meta = layer.meta
+    if meta["kind"] == "residual":
+        return _out_size(layer.branches["body"][-1])
+    if meta["kind"] == "conv2d":
+        return meta["out_channels"]
+    return meta["out_features"] if meta["kind"] == "dense" else meta["channels"]
 
 
 def read(path: str | os.PathLike) -> tuple[dict, list[Layer]]:
     """``(header, layers)`` of the deploy file ``path``, fully validated.
 
     Raises :class:`UserError` (one line) for a missing file, a file that is not an npz archive,
-    a wrong magic or version, a truncated archive, or arrays whose shapes do not fit the header.
+    a wrong magic or version, a truncated archive, arrays whose shapes do not fit the header,
+    or arrays the header does not name.
     """
     path = Path(path)
     if not path.is_file():
@@ -134,13 +202,14 @@ def read(path: str | os.PathLike) -> tuple[dict, list[Layer]]:
         raise UserError(f"{path} has a damaged header; export the model again") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise UserError(f"{path} is not an sbnkit deploy file (wrong format in header)")
-    if header.get("version") != VERSION:
+    version = header.get("version")
+    if isinstance(version, bool) or version not in KINDS:
         raise UserError(
-            f"{path} has format version {header.get('version')!r}; this sbnkit reads version "
-            f"{VERSION}; export the model again with this sbnkit"
+            f"{path} has format version {version!r}; this sbnkit reads versions "
+            f"{', '.join(map(str, KINDS))}; export the model again with this sbnkit"
         )
     try:
-        layers = _check_layers(header, data)
+        layers = _check_file(header, data, KINDS[version])
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -156,30 +225,76 @@ def _expect(name: str, array: np.ndarray, shape: tuple[int, ...], dtype: str) ->
         )
 
 
-def _check_layers(header: dict, data: dict[str, np.ndarray]) -> list[Layer]:
-    """Check that each layer's arrays fit its geometry and that the layers chain."""
-    shape = tuple(int(s) for s in header["input_shape"])
-    if len(shape) == 3:
-        shape = (shape[1], shape[2], shape[0])
-    kind = "float"
-    layers = []
-    metas = header["layers"]
-    if not isinstance(metas, list) or not metas:
-        raise UserError("the deploy file has no layers; export the model again")
-    for i, meta in enumerate(metas):
-        where = f"layer {i}"
-        if meta.get("kind") not in LAYER_KEYS:
-            raise UserError(f"{where} has unknown kind {meta.get('kind')!r}; the file is damaged")
-        for key in LAYER_KEYS[meta["kind"]]:
-            if key not in meta:
-                raise UserError(f"{where} misses {key!r} in the header; the file is damaged")
-        if meta.get("output") not in ("sign", "relu", "identity"):
-            raise UserError(f"{where} has unknown output {meta.get('output')!r}")
-        if meta.get("weight") not in ("bits", "float32"):
-            raise UserError(f"{where} has unknown weight kind {meta.get('weight')!r}")
+def _ints(where: str, meta: dict, key: str, minimum: int) -> list[int]:
+    """``meta[key]``: a pair of integers ``≥ minimum``."""
+    value = meta[key]
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+    ):
+        raise UserError(f"{where}: {key} must be two integers >= {minimum}, got {value!r}")
+    return value
+
+
+class _Checker:
+    """Validates a header's layer lists against the arrays; records which arrays it used."""
+
+    def __init__(self, data: dict[str, np.ndarray], kinds: tuple[LayerKind, ...]) -> None:
+        self.data, self.kinds = data, kinds
+        self.used = {"magic", "header"}
+
+    def take(self, arrays: dict, name: str, key: str, shape: tuple[int, ...], dtype: str) -> None:
+        full = f"{name}.{key}"
+        if full not in self.data:
+            raise UserError(f"array {full} is missing; the file is damaged")
+        _expect(full, self.data[full], shape, dtype)
+        arrays[key] = self.data[full]
+        self.used.add(full)
+
+    def chain(
+        self, metas: list, prefix: str, shape: tuple[int, ...], kind: Reads
+    ) -> tuple[list[Layer], tuple[int, ...], Reads]:
+        """The layers of ``metas`` (array names ``{prefix}{i}.*``) reading ``shape``/``kind``;
+        returns them with their output shape and kind."""
+        if not isinstance(metas, list):
+            raise UserError(f"{prefix}: the layer list is not a list; the file is damaged")
+        layers = []
+        for i, meta in enumerate(metas):
+            name = f"{prefix}{i}"
+            if not isinstance(meta, dict) or meta.get("kind") not in self.kinds:
+                got = meta.get("kind") if isinstance(meta, dict) else meta
+                raise UserError(f"{name} has unknown kind {got!r}; the file is damaged")
+            for key in LAYER_KEYS[meta["kind"]]:
+                if key not in meta:
+                    raise UserError(f"{name} misses {key!r} in the header; the file is damaged")
+            if meta["kind"] in ("dense", "conv2d"):
+                layer, shape, kind = self._op(meta, name, shape, kind)
+            elif kind != "float":
+                raise UserError(f"{name}: a {meta['kind']} layer cannot read +1/-1 states")
+            elif meta["kind"] == "affine":
+                layer, shape = self._affine(meta, name, shape)
+            elif meta["kind"] == "residual":
+                layer, shape = self._residual(meta, name, shape)
+            else:
+                layer, shape = self._pool(meta, name, shape)
+            layers.append(layer)
+        return layers, shape, kind
+
+    def _op(
+        self, meta: dict, where: str, shape: tuple[int, ...], kind: Reads
+    ) -> tuple[Layer, tuple[int, ...], Reads]:
+        if meta["output"] not in OUTPUTS:
+            raise UserError(f"{where} has unknown output {meta['output']!r}")
+        if meta["weight"] not in WEIGHT_KINDS:
+            raise UserError(f"{where} has unknown weight kind {meta['weight']!r}")
         pool = meta.get("pool", "none")
+        if pool not in DENSE_POOLS or (pool == "avg" and meta["kind"] != "dense"):
+            raise UserError(f"{where} has unknown pool {pool!r}; the file is damaged")
         if meta["kind"] == "conv2d":
-            (kh, kw), (sh, sw), (ph, pw) = meta["kernel"], meta["stride"], meta["padding"]
+            kh, kw = _ints(where, meta, "kernel", 1)
+            sh, sw = _ints(where, meta, "stride", 1)
+            ph, pw = _ints(where, meta, "padding", 0)
             h, w = meta["in_hw"]
             out_hw = [(h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1]
             if shape != (h, w, meta["in_channels"]) or list(meta["out_hw"]) != out_hw:
@@ -198,30 +313,75 @@ def _check_layers(header: dict, data: dict[str, np.ndarray]) -> list[Layer]:
                 )
             out_shape = (n,)
             reads = "float" if pool == "avg" else kind
-        if meta.get("input") != reads:
-            raise UserError(f"{where}: reads {meta.get('input')!r} but receives {reads!r}")
+        if meta["input"] != reads:
+            raise UserError(f"{where}: reads {meta['input']!r} but receives {reads!r}")
         arrays: dict[str, np.ndarray] = {}
-
-        def take(name: str, shp: tuple[int, ...], dtype: str, i=i, arrays=arrays) -> None:
-            key = f"layer{i}.{name}"
-            if key not in data:
-                raise UserError(f"array {key} is missing; the file is damaged")
-            _expect(key, data[key], shp, dtype)
-            arrays[name] = data[key]
-
         if meta["weight"] == "bits":
-            take("weight", (n, words_for(k)), "<u8")
+            self.take(arrays, where, "weight", (n, words_for(k)), "<u8")
         else:
-            take("weight", (n, k), "<f4")
+            self.take(arrays, where, "weight", (n, k), "<f4")
         if meta["output"] == "sign":
             integer = reads == "bits" and meta["weight"] == "bits"
-            take("threshold", (n,), "<i8" if integer else "<f8")
-            take("flip", (n,), "u1")
+            self.take(arrays, where, "threshold", (n,), "<i8" if integer else "<f8")
+            self.take(arrays, where, "flip", (n,), "u1")
         else:
-            take("scale", (n,), "<f4")
-            take("shift", (n,), "<f4")
-        layers.append(Layer(dict(meta), arrays))
-        shape, kind = out_shape, ("bits" if meta["output"] == "sign" else "float")
+            self.take(arrays, where, "scale", (n,), "<f4")
+            self.take(arrays, where, "shift", (n,), "<f4")
+        out_kind = "bits" if meta["output"] == "sign" else "float"
+        return Layer(dict(meta), arrays), out_shape, out_kind
+
+    def _affine(self, meta: dict, where: str, shape: tuple[int, ...]) -> tuple[Layer, tuple]:
+        if meta["output"] not in ("relu", "identity"):
+            raise UserError(f"{where} has output {meta['output']!r}; affine layers: relu, identity")
+        n = meta["channels"]
+        if shape[-1] != n:
+            raise UserError(f"{where}: scales {n} channels but its input has shape {list(shape)}")
+        arrays: dict[str, np.ndarray] = {}
+        self.take(arrays, where, "scale", (n,), "<f4")
+        self.take(arrays, where, "shift", (n,), "<f4")
+        return Layer(dict(meta), arrays), shape
+
+    def _pool(self, meta: dict, where: str, shape: tuple[int, ...]) -> tuple[Layer, tuple]:
+        kh, kw = _ints(where, meta, "kernel", 1)
+        sh, sw = _ints(where, meta, "stride", 1)
+        h, w = meta["in_hw"]
+        out_hw = [(h - kh) // sh + 1, (w - kw) // sw + 1]
+        if shape != (h, w, meta["channels"]) or list(meta["out_hw"]) != out_hw or min(out_hw) < 1:
+            raise UserError(f"{where}: pool geometry does not fit its input of shape {list(shape)}")
+        return Layer(dict(meta)), (*out_hw, meta["channels"])
+
+    def _residual(self, meta: dict, where: str, shape: tuple[int, ...]) -> tuple[Layer, tuple]:
+        if meta["output"] not in ("relu", "identity"):
+            raise UserError(f"{where} has output {meta['output']!r}; residual: relu, identity")
+        body, body_shape, body_kind = self.chain(meta["body"], f"{where}.body", shape, "float")
+        short, short_shape, short_kind = self.chain(
+            meta["shortcut"], f"{where}.shortcut", shape, "float"
+        )
+        if not body or body_shape != short_shape or "bits" in (body_kind, short_kind):
+            raise UserError(
+                f"{where}: the body (shape {list(body_shape)}) and the shortcut (shape "
+                f"{list(short_shape)}) must both give float maps of one shape"
+            )
+        own = {k: v for k, v in meta.items() if k not in ("body", "shortcut")}
+        return Layer(own, {}, {"body": body, "shortcut": short}), body_shape
+
+
+def _check_file(
+    header: dict, data: dict[str, np.ndarray], kinds: tuple[LayerKind, ...]
+) -> list[Layer]:
+    """Check that each layer's arrays fit its geometry, that the layers chain, and that every
+    array belongs to a layer."""
+    shape = tuple(int(s) for s in header["input_shape"])
+    if len(shape) == 3:
+        shape = (shape[1], shape[2], shape[0])
+    metas = header["layers"]
+    if not isinstance(metas, list) or not metas:
+        raise UserError("the deploy file has no layers; export the model again")
+    checker = _Checker(data, kinds)
+    layers, shape, _ = checker.chain(metas, "layer", shape, "float")
     if int(header["num_outputs"]) != shape[-1] or len(shape) != 1:
         raise UserError("the last layer does not give num_outputs logits; the file is damaged")
+    extra = sorted(set(data) - checker.used)
+    if extra:
+        raise UserError(f"array {extra[0]} belongs to no layer; the file is damaged")
     return layers

@@ -4,26 +4,43 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
+from torch import nn
+
+from .. import data as data_lib
 from ..errors import UserError
-from ..network import SBN
-from ..train import build_model, checkpoint, config_from_dict, load_config
+from ..train import Config, build_model, checkpoint, config_from_dict, load_config
 
-__all__ = ["load_model"]
+__all__ = ["Source", "load_model"]
 
 
-def load_model(path: str | os.PathLike, allow_config: bool = True) -> SBN:
+class Source(NamedTuple):
+    """A model and the shape of one of its inputs (``[C, H, W]`` or ``[F]``, from its data set)."""
+
+    model: nn.Module
+    input_shape: tuple[int, ...]
+
+
+def _source(model: nn.Module, cfg: Config) -> Source:
+    return Source(model, tuple(data_lib.get(cfg.data.name).input_shape))
+
+
+def load_model(path: str | os.PathLike, allow_config: bool = True) -> Source:
     """The model of checkpoint ``path`` with its weights, or the untrained model of a config.
 
-    Raises :class:`UserError` for a missing or unreadable file, or weights that do not fit.
+    Raises :class:`UserError` for a missing or unreadable file, a config where ``allow_config``
+    is false, or weights that do not fit.
     """
     path = Path(path)
     if path.suffix == ".toml":
         if not allow_config:
             raise UserError(f"{path} is a config; pass the model.pt of a trained run")
-        return build_model(load_config(path))
+        cfg = load_config(path)
+        return _source(build_model(cfg), cfg)
     saved = checkpoint.load(path)
-    model = build_model(config_from_dict(saved["config"]))
+    cfg = config_from_dict(saved["config"])
+    model = build_model(cfg)
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError:
@@ -31,4 +48,4 @@ def load_model(path: str | os.PathLike, allow_config: bool = True) -> SBN:
             f"the weights in {path} do not fit the model of its config; "
             "the checkpoint is damaged or was written by another sbnkit version"
         ) from None
-    return model
+    return _source(model, cfg)

@@ -5,11 +5,17 @@ weights; 32-bit: real weights, biases and the norm's ``γ, β`` and running mean
 memory of those parameters when binary weights are packed (``⌈bits/8⌉ + 4·floats`` bytes), and
 the multiply-accumulates per example: *binary* when a ``±1`` weight meets a ``±1`` state (an XNOR–
 popcount), *float* otherwise (pixels, real weights, average-pooled states).
+
+Binary-weight networks with real activations (an ``nn.Sequential`` or a ResNet18) get one row per
+Linear/Conv2d, named by its module path, with the parameters of the BatchNorms that follow it in
+module order; their layers all read real values, so every MAC is a float MAC (with ``±1`` weights,
+a signed add).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +25,8 @@ from torch.nn.utils import parametrize
 from ..errors import UserError
 from ..network import SBN, Head, Stage
 from ..units import BinaryUnit
+from ..weights import using_weight_mode
+from .fold import model_input_shape
 
 __all__ = ["LayerRow", "Summary", "summary"]
 
@@ -131,6 +139,10 @@ def _is_binary(op: nn.Module) -> bool:
     return bool((op.weight.detach().abs() == 1).all())
 
 
+def _kind(op: nn.Linear | nn.Conv2d) -> str:
+    return "Conv2d" if isinstance(op, nn.Conv2d) else "Linear"
+
+
 def _norm_params(norm: nn.Module | None) -> int:
     if norm is None:
         return 0
@@ -160,36 +172,57 @@ def _row(
     )
 
 
-@torch.no_grad()
-def summary(model: SBN) -> Summary:
-    """The per-layer :class:`Summary` of ``model`` (shapes from one forward pass of zeros).
+def _output_shapes(
+    model: nn.Module, modules: list[nn.Module], input_shape: tuple[int, ...]
+) -> dict[int, tuple[int, ...]]:
+    """``id(module) -> output shape`` (without the batch) from one eval forward of zeros.
 
-    Raises :class:`UserError` unless ``model`` is an :class:`~sbnkit.network.SBN`.
+    Raises :class:`UserError` if the model cannot run on inputs of ``input_shape``.
     """
-    if not isinstance(model, SBN):
-        raise UserError(f"summary needs an sbnkit SBN model, not {type(model).__name__}")
     shapes: dict[int, tuple[int, ...]] = {}
     hooks = [
         m.register_forward_hook(lambda mod, _i, o: shapes.__setitem__(id(mod), tuple(o.shape[1:])))
-        for m in [*model.stages, model.head]
+        for m in modules
     ]
     was_training = model.training
     model.eval()
     try:
         param = next(model.parameters(), None)
         dtype = param.dtype if param is not None else torch.float32
-        model(torch.zeros((1, *model.input_shape), dtype=dtype))
+        with using_weight_mode(model, "mode"):
+            model(torch.zeros((1, *input_shape), dtype=dtype))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"the model cannot run on inputs of shape {list(input_shape)} ({first}); "
+            "check input_shape"
+        ) from None
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
+    return shapes
+
+
+@torch.no_grad()
+def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Summary:
+    """The per-layer :class:`Summary` of ``model`` (shapes from one forward pass of zeros).
+
+    ``input_shape`` (one example) is needed for models that do not carry it (an SBN does).
+    Raises :class:`UserError` unless ``model`` is an :class:`~sbnkit.network.SBN`, an
+    ``nn.Sequential`` or a :class:`~sbnkit.models.ResNet18`, or for a missing or wrong
+    ``input_shape``.
+    """
+    shape = model_input_shape(model, input_shape, "summary")
+    if not isinstance(model, SBN):
+        return _graph_summary(model, shape)
+    shapes = _output_shapes(model, [*model.stages, model.head], shape)
     rows, reads_states = [], False
     stages = [s for s in model.stages if isinstance(s, Stage)]
     for i, stage in enumerate(stages):
-        kind = "Conv2d" if isinstance(stage.op, nn.Conv2d) else "Linear"
         rows.append(
             _row(
-                f"stage{i} {kind}",
+                f"stage{i} {_kind(stage.op)}",
                 stage.op,
                 _norm_params(stage.norm),
                 reads_states,
@@ -200,4 +233,21 @@ def summary(model: SBN) -> Summary:
     head: Head = model.head
     pooled = head.pool == "avg" and len(rows) > 0 and len(rows[-1].output_shape) == 3
     rows.append(_row("head Linear", head.linear, 0, reads_states and not pooled, shapes[id(head)]))
+    return Summary(tuple(rows))
+
+
+def _graph_summary(model: nn.Module, input_shape: tuple[int, ...]) -> Summary:
+    """One row per Linear/Conv2d of a network with real activations (module docstring)."""
+    ops = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not ops:
+        raise UserError(f"the {type(model).__name__} has no Linear or Conv2d layer to summarise")
+    shapes = _output_shapes(model, [m for _, m in ops], input_shape)
+    extra = {name: 0 for name, _ in ops}
+    owner = ops[0][0]  # norms before the first op count towards it
+    for name, m in model.named_modules():
+        if name in extra:
+            owner = name
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            extra[owner] += _norm_params(m)
+    rows = [_row(f"{name} {_kind(m)}", m, extra[name], False, shapes[id(m)]) for name, m in ops]
     return Summary(tuple(rows))
