@@ -4,7 +4,6 @@ vgg_binaryconnect, mlp_binaryconnect) against the PyTorch mode network, per weig
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from torch import nn
 from sbnkit import cli, deploy, models, optim
 from sbnkit.deploy import format as deploy_format
 from sbnkit.errors import UserError
-from sbnkit.weights import latent_parameters, make_binary, using_weight_mode
+from sbnkit.weights import BernoulliWeight, latent_parameters, make_binary, using_weight_mode
 
 SHAPES = {
     "vgg16": (3, 32, 32),
@@ -30,15 +29,10 @@ U = 2.0**-24  # float32 unit round-off
 
 
 def _build(name: str, method: str = "bernoulli", width: float = 0.0625) -> nn.Module:
-    """The one place that calls the builders of :mod:`sbnkit.models` (their signatures are being
-    changed): ``name`` at ``width``, 10 classes, every weight binary; ``bernoulli`` is the
-    builders' default parametrization, other methods are attached by :func:`sbnkit.optim.attach`.
-    """
-    shape, binary = SHAPES[name], method == "bernoulli"
-    if name == "mlp_binaryconnect":
-        model = models.mlp_binaryconnect(math.prod(shape), 10, width=width, binary_weights=binary)
-    else:
-        model = models.MODELS[name](shape[0], 10, shape[-1], width=width, binary_weights=binary)
+    """``name`` at ``width``, 10 classes, every weight binary; ``bernoulli`` is the builders'
+    default parametrization, other methods are attached by :func:`sbnkit.optim.attach`."""
+    binary = method == "bernoulli"
+    model = models.get(name)(SHAPES[name], 10, width=width, binary_weights=binary)
     return model if binary else optim.attach(model, method)
 
 
@@ -160,7 +154,7 @@ def test_folding_by_hand(tmp_path):
         nn.AvgPool2d(2, stride=1),
         nn.Flatten(),
         nn.Dropout(0.5),
-        make_binary(nn.Linear(3 * 2 * 2, 4), mode="mode"),
+        make_binary(nn.Linear(3 * 2 * 2, 4), BernoulliWeight(mode="mode")),
         nn.BatchNorm1d(4),
     )
     with torch.no_grad():
@@ -210,7 +204,7 @@ def test_round_trip_and_version_1_files(tmp_path):
     assert e_a.weight_bytes() == words
     # a version-1 file (an SBN's layers, which version 1 had) is still read; its header may not
     # use the kinds version 2 added
-    sbn = models.mlp([20, 30, 4], norm="batch", binary_weights=True)
+    sbn = models.mlp((20,), 4, hidden=(30,), norm="batch", binary_weights=True)
     deploy.export(sbn, tmp_path / "s.npz")
     _rewrite(tmp_path / "s.npz", tmp_path / "v1.npz", lambda d: _set_header(d, version=1))
     xs = np.random.default_rng(1).standard_normal((2, 20)).astype(np.float32)
@@ -324,7 +318,7 @@ def test_unexportable_graphs_are_refused(tmp_path):
         (nn.Sequential(nn.Conv2d(1, 2, 3)), (1, 6, 6), "must end in a vector of logits"),
         (nn.Sequential(nn.Linear(4, 3), nn.BatchNorm2d(3)), (4,), "cannot read an input"),
         (nn.Sequential(nn.ReLU()), (4,), "no Linear or Conv2d"),
-        (models.mlp([4, 5, 2]), (5,), "differs from the model's"),
+        (models.mlp((4,), 2, hidden=(5,)), (5,), "differs from the model's"),
         (_build("mlp_binaryconnect"), (3, 32, 32), "expects 784 inputs, its input has 3072"),
         (nn.Linear(2, 2), (2,), "SBN, an nn.Sequential or a ResNet18"),
     ):
