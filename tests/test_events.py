@@ -4,6 +4,7 @@ right across --overwrite, failures and --resume."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,10 @@ def test_resume_adds_a_file_that_hides_the_epochs_run_again(setup, monkeypatch, 
     assert [s for s, _ in _scalars(run / "tensorboard")["train_loss"]] == [1, 2, 3]
     monkeypatch.undo()
     monkeypatch.setenv("SBNKIT_DATA", str(setup / "data"))
+    # Event files are named by creation second, host, pid and a per-process counter, and read in
+    # name order. A real resume starts in a later second (another process); in one test process
+    # within one second a counter passing 9 → 10 would sort the files wrongly, so wait a second.
+    time.sleep(1.0)
     assert cli.main(["train", "--resume", str(run)]) == 0
     first, second = sorted((run / "tensorboard").iterdir())
     starts = [
