@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -111,6 +110,23 @@ def _keep_grad(t: torch.Tensor, *extra: torch.Tensor) -> list[torch.Tensor | Non
     return record
 
 
+def _conv_per_sample(
+    op: nn.Conv2d, x: torch.Tensor, d: torch.Tensor, s: int, n: int
+) -> torch.Tensor:
+    """``[s, out, in·kh·kw]``: per sample, the weight gradient ``Σ δ ⋆ x`` of a conv call whose
+    ``k·s·n`` rows are ``k`` stacked copies of ``s`` samples of ``n`` rows, as one grouped
+    weight-gradient convolution (one group per copy and sample)."""
+    if x.shape[0] % (s * n):
+        raise MissedGradient(f"cannot split a conv call of {x.shape[0]} rows into {s}×{n}")
+    groups = x.shape[0] // n
+    c_in, c_out = x.shape[1], d.shape[1]
+    xg = x.view(groups, n, *x.shape[1:]).transpose(0, 1).reshape(n, groups * c_in, *x.shape[2:])
+    dg = d.view(groups, n, *d.shape[1:]).transpose(0, 1).reshape(n, groups * c_out, *d.shape[2:])
+    shape = (groups * c_out, c_in, *op.kernel_size)
+    gw = torch.nn.grad.conv2d_weight(xg, shape, dg, op.stride, op.padding, op.dilation, groups)
+    return gw.view(-1, s, c_out, c_in * op.kernel_size[0] * op.kernel_size[1]).sum(0)
+
+
 class PerSampleCapture:
     """Per-sample gradients of one estimator pass over data repeated ``S`` times (see the module
     docstring).
@@ -192,14 +208,8 @@ class PerSampleCapture:
             if d is None:
                 continue
             if isinstance(module, nn.Conv2d):
-                x = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-                d = d.flatten(2)  # [rows, out, L], x: [rows, in·kh·kw, L]
-                if x.shape[0] % (s * n):
-                    raise MissedGradient(f"cannot split a conv call of {x.shape[0]} rows")
-                x = x.reshape(-1, s, n, *x.shape[1:]).transpose(-1, -2)
-                d = d.reshape(-1, s, n, *d.shape[1:]).transpose(-1, -2)
-                gw += torch.einsum("ksnlo,ksnli->soi", d, x)
-                gb += d.sum(dim=(0, 2, 3))
+                gw += _conv_per_sample(module, x, d, s, n)
+                gb += d.reshape(-1, s, n, *d.shape[1:]).sum(dim=(0, 2, 4, 5))
                 continue
             if x.dim() > 2 and x.shape[0] == s * n:
                 x = x.reshape(s, n, -1, x.shape[-1]).permute(2, 0, 1, 3)
@@ -242,6 +252,16 @@ class PerSampleCapture:
         return [self.n_samples * g for g in out]
 
 
+@torch.no_grad()
+def _row_size(model: SBN, x: torch.Tensor) -> int:
+    """The number of input and unit values of one example (shapes only, no sampling)."""
+    h, total = x[:1], x[0].numel()
+    for m in model.stages:
+        h = m.preactivation(h) if isinstance(m, Stage) else m(h)
+        total += h[0].numel() if isinstance(m, Stage) else 0
+    return total
+
+
 def sample_gradients(
     model: nn.Module,
     estimator: Estimator,
@@ -251,17 +271,19 @@ def sample_gradients(
     *,
     loss_fn: LossFn | None = None,
     chunk_rows: int = 200_000,
+    chunk_elements: int = 2**23,
 ) -> tuple[list[torch.Tensor], float]:
     """``n_samples`` single-sample gradient estimates per group, ``[N, P_k]`` each, and the mean
     of the estimator's loss values.
 
-    Chunks of ``S = chunk_rows // n`` samples go through one pass each (:class:`PerSampleCapture`).
+    Chunks of ``S`` samples go through one pass each (:class:`PerSampleCapture`): at most
+    ``chunk_rows`` rows and ``chunk_elements`` input and unit values (over all stages) per pass.
     Raises :class:`MissedGradient` when, in a chunk, the mean of the per-sample gradients differs
     from the pass's ``.grad``, and :class:`UserError` for a model or batch the estimator refuses.
     """
-    n = x.shape[0]
-    per_chunk = max(1, chunk_rows // n)
     parts: list[list[torch.Tensor]] = [[] for _ in measured_ops(model)]
+    n = x.shape[0]
+    per_chunk = max(1, min(chunk_rows // n, chunk_elements // (n * _row_size(model, x))))
     loss_sum = 0.0
     done = 0
     while done < n_samples:
@@ -272,9 +294,11 @@ def sample_gradients(
             loss = estimator.loss(model, x.repeat(*reps), cap.targets(y), cap.loss_fn)
             loss.backward()
         grads = cap.per_sample()
+        eps = torch.finfo(x.dtype).eps
+        rtol, atol = max(1e-7, 1e3 * eps), max(1e-10, 1e3 * eps)
         for k, (g, full) in enumerate(zip(grads, flat_grads(model), strict=True)):
             scale = float(full.abs().max()) + float(g.abs().max()) / s
-            if not torch.allclose(g.mean(0), full, rtol=1e-7, atol=1e-10 * scale):
+            if not torch.allclose(g.mean(0), full, rtol=rtol, atol=atol * scale):
                 raise MissedGradient(
                     f"{estimator!r}: per-sample gradients of layer{k} do not add up to the "
                     "pass's gradient; the estimator reaches W, b other than through the op calls"

@@ -14,7 +14,7 @@ from .methods import METHODS, PSA_ORDER_PREFIX
 from .paper import ExactLossMismatch
 from .reference import REFERENCE_CHOICES
 from .report import summary_table
-from .study import StudyConfig, run, run_model
+from .study import SAMPLED_DTYPES, StudyConfig, run, run_model
 
 __all__ = ["build_parser", "cli_main"]
 
@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest per-stage state table of exact enumeration (default 2^20)",
     )
     p.add_argument(
+        "--sampled-dtype",
+        choices=SAMPLED_DTYPES,
+        default=None,
+        help="dtype of the study when the reference is sampled (default float32 on your model, "
+        "several times faster for conv layers; float64 on the toy network)",
+    )
+    p.add_argument(
         "--out",
         default="runs/gradeval",
         metavar="DIR",
@@ -164,6 +171,7 @@ def cli_main(argv: list[str]) -> int:
             reference=args.reference,
             reference_samples=args.reference_samples,
             max_states=args.max_states,
+            sampled_dtype=args.sampled_dtype or ("float32" if mine else "float64"),
         )
         log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
         full_argv = ["sbnkit", "gradeval", *argv]

@@ -6,7 +6,9 @@ from __future__ import annotations
 from .paper import PAPER_PROVENANCE
 from .results import NetworkResult, StudyResults
 
-__all__ = ["summary_markdown", "summary_table"]
+__all__ = ["NOISY_REFERENCE", "summary_markdown", "summary_table"]
+
+NOISY_REFERENCE = 0.3
 
 
 def summary_table(results: StudyResults) -> str:
@@ -54,6 +56,15 @@ def _network_markdown(label: str, res: NetworkResult) -> list[str]:
             "E‖ĝ_M − ḡ_ref‖² = bias² + V_est/M + V_ref/M_ref, and V_ref/M_ref (from the reference "
             "samples' variance) is subtracted; ‖g‖² is estimated as ‖ḡ_ref‖² − V_ref/M_ref.",
         ]
+        noisy = [nm for nm, v in ref.relative_se.items() if v > NOISY_REFERENCE]
+        if noisy:
+            lines += [
+                "",
+                f"**Warning:** the reference's relative standard error exceeds "
+                f"{NOISY_REFERENCE:g} in {', '.join(noisy)}: the corrected errors there are "
+                "noisy and errors below it are not resolved; raise --reference-samples "
+                "(the standard error falls as 1/√M_ref).",
+            ]
     lines.append("")
     meth = res.methods
     if not meth:
