@@ -94,11 +94,6 @@ def flat_grads(model: nn.Module) -> list[torch.Tensor]:
     return out
 
 
-def group_size(op: Op) -> int:
-    """The number of entries of ``op``'s group vector ``[W.flatten(), b]``."""
-    return op.weight.numel() + (0 if op.bias is None else op.bias.numel())
-
-
 def _keep_grad(t: torch.Tensor, *extra: torch.Tensor) -> list[torch.Tensor | None]:
     """``[None, *extra]``, whose first entry becomes ``∂L/∂t`` once the backward reaches ``t``."""
     record: list[torch.Tensor | None] = [None, *extra]

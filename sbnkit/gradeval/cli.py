@@ -100,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reference-samples",
         type=int,
-        default=10000,
+        default=50000,
         metavar="N",
-        help="samples of a sampled reference (default 10000)",
+        help="samples of a sampled reference (default 50000; its standard error falls as "
+        "1/sqrt(N) and is reported)",
     )
     p.add_argument(
         "--max-states",

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .stats import Curve, Slope
+
+if TYPE_CHECKING:
+    from .paper import Findings, PaperComparison
+    from .training import TrainingRecord
 
 __all__ = [
     "EqualTime",
@@ -81,7 +85,10 @@ class EqualTime:
 
 @dataclass
 class NetworkResult:
-    """Everything measured on one network."""
+    """Everything measured on one network: the reference, each method's results, the methods
+    skipped (with the reason), the most accurate method per layer at ``M = 1`` and at equal
+    time; on the toy network also the paper's values, the comparison with them and the
+    findings (:mod:`.paper`)."""
 
     exact_expected_loss: float | None
     exact_grad_norm: dict[str, float]
@@ -91,11 +98,11 @@ class NetworkResult:
     skipped: dict[str, str] = field(default_factory=dict)
     best_at_m1: dict[str, str] = field(default_factory=dict)
     equal_time: EqualTime | None = None
-    findings: Any = None
+    findings: Findings | None = None
     paper_rmse_m1: dict[str, list[float]] | None = None
     paper_provenance: str | None = None
     paper_note: str | None = None
-    paper_comparison: dict[str, Any] | None = None
+    paper_comparison: dict[str, PaperComparison] | None = None
     time_study_s: float | None = None
 
 
@@ -116,6 +123,6 @@ class StudyResults:
     checkpoints only), the results per network and the timings."""
 
     config: dict[str, Any]
-    training: Any
+    training: TrainingRecord | None
     networks: dict[str, NetworkResult]
     timings: dict[str, float | None] = field(default_factory=dict)

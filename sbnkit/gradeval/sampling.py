@@ -119,7 +119,8 @@ def time_per_sample(
     seed: int = 0,
 ) -> float:
     """The median wall seconds of one plain ``loss(model, x, y).backward()`` of ``spec`` (one
-    sample of the gradient, as in training), after one warm-up call."""
+    sample of the gradient, as in training), after one warm-up call. Raises
+    :class:`UserError` when the estimator refuses the model."""
     torch.manual_seed(seed)
     est = estimators.get(spec.estimator, **spec.options)
     times = []
