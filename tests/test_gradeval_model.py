@@ -16,6 +16,7 @@ from sbnkit.gradeval.reference import exact_gradient
 from sbnkit.gradeval.sampling import MethodSpec, draw
 from sbnkit.noise import Logistic
 from sbnkit.persample import PerSampleCapture, flat_grads, sample_gradients
+from sbnkit.train import build_model, checkpoint, load_config
 
 
 class _TableNoise(Logistic):
@@ -231,3 +232,36 @@ def test_sample_gradients_refuses_an_estimator_that_bypasses_the_ops():
     model, x, y = _tiny()
     with pytest.raises(Exception, match="do not add up"):
         sample_gradients(model, estimators.get("adf"), x, y, 2, loss_fn=netfile.toy_loss)
+
+
+def _run_folder(tmp_path, data, **model):
+    """A run folder holding ``model.pt`` of the config's model (weights perturbed, untrained)."""
+    cfg = load_config(_config(tmp_path, data, **model))
+    net = build_model(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1)
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint.save(run / "model.pt", net, cfg.to_dict())
+    return run
+
+
+def test_cli_on_a_run_folder_with_batchnorm_and_fixed_binary_weights(tmp_path):
+    data = fake_fmnist(tmp_path / "data")
+    run = _run_folder(tmp_path, data, name="mlp", hidden=[3, 3], norm="batch", weight_mode="mode")
+    out = tmp_path / "out"
+    argv = [str(run), "--out", str(out), "--samples", "4", "--workers", "1", "--methods", "st"]
+    assert cli_main(argv) == 0
+    res = json.loads((out / "gradeval.json").read_text())
+    assert res["networks"]["run"]["reference"]["kind"] == "exact"
+    assert any("fixed weights" in n for n in res["config"]["notes"])
+    assert (run / "model.pt").as_posix() in (out / "run.json").read_text()
+
+
+def test_sampled_binary_weights_are_refused(tmp_path, capsys):
+    data = fake_fmnist(tmp_path / "data")
+    run = _run_folder(tmp_path, data, name="mlp", hidden=[3], norm="none", weight_mode="sample")
+    assert cli_main([str(run), "--out", str(tmp_path / "out"), "--workers", "1"]) == 2
+    assert "weight_mode" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..estimators.walk import sampled_bernoulli
 from ..models import data_init_
 from ..network import SBN
-from ..train import build_model, checkpoint, config_from_dict, load_config
+from ..train import Config, build_model, checkpoint, config_from_dict, load_config
 from ..train.loop import seed_everything
 
 __all__ = ["Target", "load_target"]
@@ -35,8 +35,8 @@ class Target:
     notes: list[str] = field(default_factory=list)
 
 
-def _model_and_config(path: Path) -> tuple[nn.Module, object, str, list[str]]:
-    """``(model, config, kind, notes)`` of a run folder, checkpoint or config."""
+def _model_and_config(path: Path) -> tuple[nn.Module, Config, Path, list[str]]:
+    """``(model, config, file read, notes)`` of a run folder, checkpoint or config."""
     if path.is_dir():
         if not (path / "model.pt").is_file():
             raise UserError(f"{path} is a folder without model.pt; pass a training run folder")
@@ -44,7 +44,7 @@ def _model_and_config(path: Path) -> tuple[nn.Module, object, str, list[str]]:
     if path.suffix == ".toml":
         cfg = load_config(path)
         seed_everything(cfg.train.seed)
-        return build_model(cfg), cfg, "config", ["untrained: the model of the config at its init"]
+        return build_model(cfg), cfg, path, ["untrained: the model of the config at its init"]
     saved = checkpoint.load(path)
     cfg = config_from_dict(saved["config"])
     model = build_model(cfg)
@@ -55,7 +55,7 @@ def _model_and_config(path: Path) -> tuple[nn.Module, object, str, list[str]]:
             f"the weights in {path} do not fit the model of its config; "
             "the checkpoint is damaged or was written by another sbnkit version"
         ) from None
-    return model, cfg, "checkpoint", []
+    return model, cfg, path, []
 
 
 def _fix_binary_weights(model: SBN) -> None:
@@ -87,7 +87,7 @@ def load_target(path: str | os.PathLike, *, examples: int, seed: int) -> Target:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run folder, a model.pt or a .toml config")
-    model, cfg, kind, notes = _model_and_config(path)
+    model, cfg, source, notes = _model_and_config(path)
     if not isinstance(model, SBN):
         raise UserError(
             f"model {cfg.model.name!r} has no stochastic binary units (real ReLU activations); "
@@ -95,7 +95,7 @@ def load_target(path: str | os.PathLike, *, examples: int, seed: int) -> Target:
         )
     d = cfg.data
     x_all, y_all = data_lib.load(d.name, "train", d.root or None, d.standardize)
-    files = [path, *data_lib.find_files(d.name, "train", d.root or None)]
+    files = [source, *data_lib.find_files(d.name, "train", d.root or None)]
     if not 1 <= examples <= x_all.shape[0]:
         raise UserError(
             f"--examples must lie in [1, {x_all.shape[0]}] (the training set of {d.name}), "
@@ -103,7 +103,7 @@ def load_target(path: str | os.PathLike, *, examples: int, seed: int) -> Target:
         )
     gen = torch.Generator().manual_seed(int(seed))
     idx = torch.randperm(x_all.shape[0], generator=gen)[:examples]
-    if kind == "config" and cfg.model.init == "data":
+    if source.suffix == ".toml" and cfg.model.init == "data":
         init_idx = torch.randperm(x_all.shape[0], generator=gen)[: cfg.train.batch_size]
         data_init_(model, x_all[init_idx])
         notes.append(f"data-initialised on {len(init_idx)} seeded training examples")
