@@ -507,6 +507,33 @@ def data_init_(model: SBN, x: torch.Tensor) -> None:
         x = stage.unit.noise.mean_fn(stage.preactivation(x))
 
 
+@torch.no_grad()
+def ap2_init_(model: SBN, x: torch.Tensor) -> None:
+    """AP2 init (the moment-propagation init of the PSA authors' public code) in the ``±1``
+    encoding: standardise each binary stage's pre-activation with moments propagated from the
+    data's per-feature mean ``m`` and variance ``s``.
+
+    ``μ = W m + b``, ``v = W² s + 1e-10``; ``W ← W/√v``, ``b ← (b - μ)/√v``. The units are then
+    ``±1`` with probability 1/2 each, so the next stage sees ``m = 0``, ``s = 1``. The head is left
+    as it is. Raises :class:`UserError` unless every stage is a norm-free Linear with a bias
+    reading a ``[B, features]`` input.
+    """
+    stages = list(model.stages)
+    ok = all(
+        isinstance(s, Stage) and type(s.op) is nn.Linear and s.op.bias is not None for s in stages
+    ) and all(s.norm is None for s in stages)
+    if not ok or x.dim() != 2:
+        raise UserError("ap2_init_ needs a plain SBN MLP (sbnkit.models.mlp without norm)")
+    m, s = x.mean(0), x.var(0, unbiased=False)
+    for stage in stages:
+        op = stage.op
+        mu = op.weight @ m + op.bias
+        sd = torch.sqrt(op.weight.pow(2) @ s + 1e-10)
+        op.weight.div_(sd[:, None])
+        op.bias.sub_(mu).div_(sd)
+        m, s = torch.zeros_like(mu), torch.ones_like(mu)
+
+
 # Binary-weight networks with real ReLU activations (the AdaSTE and BayesBiNN settings).
 
 

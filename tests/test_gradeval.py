@@ -9,8 +9,11 @@ import torch
 from sbn_testing import authors_network_path, toy_net
 
 from sbnkit import estimators
-from sbnkit.gradeval import cli_main, make_toy, study
+from sbnkit.gradeval import cli_main, coords, make_toy, methods, netfile, stats, study, training
+from sbnkit.gradeval.paper import ExactLossMismatch, check_exact_loss, compare_with_paper, findings
+from sbnkit.gradeval.reference import exact_gradient
 from sbnkit.noise import Logistic
+from sbnkit.persample import PerSampleCapture, flat_grads
 
 AUTHORS_LOSS = 0.6838682289076939
 
@@ -23,7 +26,7 @@ def needs(*names):
 @pytest.fixture(scope="module")
 def authors():
     path = authors_network_path()
-    model, X, y, data = study.load_network(path)
+    model, X, y, data = netfile.load_network(path)
     return path, model, X, y, data
 
 
@@ -41,9 +44,9 @@ def test_toy_data_follows_the_protocol():
 
 def test_ap2_init_standardises_propagated_moments():
     X, _ = make_toy()
-    model = study.init_network(X, seed=3)
+    model = netfile.init_network(X, seed=3)
     m, s = X.mean(0), X.var(0, unbiased=False)
-    for op in study.layers(model)[:-1]:
+    for op in netfile.layers(model)[:-1]:
         mu = op.weight @ m + op.bias
         var = op.weight.pow(2) @ s
         torch.testing.assert_close(mu, torch.zeros_like(mu), rtol=0, atol=1e-12)
@@ -53,9 +56,9 @@ def test_ap2_init_standardises_propagated_moments():
 
 def test_network_json_round_trip():
     X, y = make_toy(n_per_class=5)
-    model = study.init_network(X, seed=0)
-    again, X2, y2 = study.network_from_json(
-        json.loads(json.dumps(study.network_to_json(model, X, y))), "test"
+    model = netfile.init_network(X, seed=0)
+    again, X2, y2 = netfile.network_from_json(
+        json.loads(json.dumps(netfile.network_to_json(model, X, y))), "test"
     )
     for a, b in zip(model.parameters(), again.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -65,17 +68,17 @@ def test_network_json_round_trip():
 
 def test_reparam_grads_is_the_chain_rule_of_the_01_weights():
     model = toy_net()[0]
-    ops = study.layers(model)
+    ops = netfile.layers(model)
     torch.manual_seed(0)
     grads = [torch.randn(3, op.weight.numel() + op.out_features, dtype=torch.float64) for op in ops]
-    g01 = study.reparam_grads(grads, model, "01")
+    g01 = coords.reparam_grads(grads, model, "01")
     for k, op in enumerate(ops):  # a step d01 of (W01, b01) moves (W, b) = (W01/2, b01 + W01·1/2)
         dw = torch.randn(op.weight.shape, dtype=torch.float64)
         db = torch.randn(op.out_features, dtype=torch.float64)
         d01 = torch.cat([dw.flatten(), db])
         dpm = torch.cat([(dw / 2).flatten(), db + dw.sum(1) / 2]) if k else d01
         torch.testing.assert_close(g01[k] @ d01, grads[k] @ dpm, rtol=1e-12, atol=1e-12)
-    assert study.reparam_grads(grads, model, "pm1") == grads
+    assert coords.reparam_grads(grads, model, "pm1") == grads
 
 
 class _TableNoise(Logistic):
@@ -111,7 +114,7 @@ def test_per_sample_gradients_equal_separate_backward_passes(method):
     units = [stage.unit for stage in model.stages]
     saved = [u.noise for u in units]
     tables = [Logistic(1.0).sample(torch.empty(samples, n, 5, dtype=X.dtype)) for _ in units]
-    reg, opts = study.resolve_method(method)
+    reg, opts = methods.resolve_method(method)
     est = estimators.get(reg, **opts)
     try:
         for u in units:
@@ -119,15 +122,15 @@ def test_per_sample_gradients_equal_separate_backward_passes(method):
         for u, z in zip(units, tables, strict=True):
             u.noise.current = z.reshape(samples * n, -1)
         model.zero_grad(set_to_none=True)
-        with study.PerSampleCapture(model, samples, n) as cap:
+        with PerSampleCapture(model, samples, n, loss_fn=netfile.toy_loss) as cap:
             est.loss(model, X.repeat(samples, 1), cap.targets(y), cap.loss_fn).backward()
         batched = cap.per_sample()
         for s in range(samples):
             for u, z in zip(units, tables, strict=True):
                 u.noise.current = z[s]
             model.zero_grad(set_to_none=True)
-            est.loss(model, X, y, study.toy_loss).backward()
-            for k, g in enumerate(study.flat_grads(model)):
+            est.loss(model, X, y, netfile.toy_loss).backward()
+            for k, g in enumerate(flat_grads(model)):
                 torch.testing.assert_close(
                     batched[k][s], g, rtol=1e-9, atol=1e-13, msg=f"{method} sample {s} layer{k}"
                 )
@@ -144,61 +147,60 @@ def test_metrics_on_constructed_estimates():
     bias = torch.full((p,), 0.05, dtype=torch.float64)
     est = g + bias + sigma * torch.randn(n, p, dtype=torch.float64)
     ms = [1, 10, 100, 1000]
-    met = study.gradient_metrics(est, g, ms)
+    met = stats.gradient_metrics(est, g, ms)
     g2 = float(g.dot(g))
-    for m, rmse, se, t in zip(ms, met["rmse"], met["rmse_se"], met["trials"], strict=True):
+    for m, rmse, se, t in zip(ms, met.rmse, met.rmse_se, met.trials, strict=True):
         assert t == n // m
         expect = math.sqrt((float(bias.dot(bias)) + p * sigma**2 / m) / g2)
         assert abs(math.log(rmse / expect)) < 4 * se + 1e-3
-    assert study.relative_bias(est, g) == pytest.approx(
+    assert stats.relative_bias(est, g) == pytest.approx(
         math.sqrt(float(bias.dot(bias)) / g2), rel=0.1
     )
-    exact = study.gradient_metrics(g.expand(10, p), g, [1, 5])
-    assert exact["rmse"] == pytest.approx([0.0, 0.0], abs=1e-12)
-    assert exact["cos_mean"] == pytest.approx([1.0, 1.0])
-    assert exact["cos_q15"][0] == pytest.approx(1.0)
-    opposite = study.gradient_metrics(-g.expand(10, p), g, [1])
-    assert opposite["rmse"][0] == pytest.approx(2.0)
-    assert opposite["cos_mean"][0] == pytest.approx(-1.0)
+    exact = stats.gradient_metrics(g.expand(10, p), g, [1, 5])
+    assert exact.rmse == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert exact.cos_mean == pytest.approx([1.0, 1.0])
+    assert exact.cos_q15[0] == pytest.approx(1.0)
+    opposite = stats.gradient_metrics(-g.expand(10, p), g, [1])
+    assert opposite.rmse[0] == pytest.approx(2.0)
+    assert opposite.cos_mean[0] == pytest.approx(-1.0)
 
 
 def test_loglog_slope_of_pure_variance_is_minus_half():
     torch.manual_seed(1)
     g = torch.ones(6, dtype=torch.float64)
     est = g + torch.randn(4000, 6, dtype=torch.float64)
-    sl = study.loglog_slope(study.gradient_metrics(est, g, study.m_grid(4000)))
-    assert sl["M"] == 200
-    assert abs(sl["slope"] + 0.5) < 3 * sl["se"]
+    sl = stats.loglog_slope(stats.gradient_metrics(est, g, stats.m_grid(4000)))
+    assert sl.M == 200
+    assert abs(sl.slope + 0.5) < 3 * sl.se
 
 
 def test_exact_loss_of_the_authors_network(authors):
     _, model, X, y, data = authors
-    loss, grads = study.exact_gradient(model, X, y)
+    loss, grads = exact_gradient(model, X, y, loss_fn=netfile.toy_loss)
     assert data["exact_expected_loss"] == AUTHORS_LOSS
     assert abs(loss - AUTHORS_LOSS) <= 1e-9
     assert [g.numel() for g in grads] == [15, 30, 30, 6]
-    with pytest.raises(study.ExactLossMismatch):
-        study.check_exact_loss({"exact_expected_loss": loss}, AUTHORS_LOSS + 1e-8, "test")
+    with pytest.raises(ExactLossMismatch):
+        check_exact_loss(loss, AUTHORS_LOSS + 1e-8, "test")
 
 
 @needs("psa", "arm", "reinforce")
 def test_study_on_the_authors_network_reproduces_the_paper(authors):
     _, model, X, y, data = authors
-    res = study.study_network(
-        model, X, y, ["psa", "st", "arm", "reinforce"], 2000, seed=1, log=lambda _: None
-    )
+    config = study.StudyConfig(methods=("psa", "st", "arm", "reinforce"), samples=2000, seed=1)
+    res = study.study_network(model, X, y, config, loss_fn=netfile.toy_loss, log=lambda _: None)
     paper = data["paper_relative_rmse_at_one_sample"]
-    cmp = study.compare_with_paper(res, {k: paper[k] for k in ("psa", "st", "arm", "reinforce")})
+    cmp = compare_with_paper(res, {k: paper[k] for k in ("psa", "st", "arm", "reinforce")})
     for name in ("psa", "st", "arm", "reinforce"):
-        assert cmp[name]["agrees"], (name, cmp[name])  # within a factor 1.5 of the paper
-    found = study.findings(res)
-    assert found["psa_lowest_at_m1"]["holds"], found["psa_lowest_at_m1"]
-    sl = found["psa_last_hidden_sqrt"]
-    assert sl["M"] == 100 and abs(sl["slope"] + 0.5) <= 3 * sl["se"], sl
-    assert found["st_floor"]["holds"], found["st_floor"]
-    assert found["unbiased_need_more"]["holds"], found["unbiased_need_more"]
+        assert cmp[name].agrees, (name, cmp[name])  # within a factor 1.5 of the paper
+    found = findings(res)
+    assert found.psa_lowest_at_m1.holds, found.psa_lowest_at_m1
+    sl = found.psa_last_hidden_sqrt
+    assert sl.M == 100 and abs(sl.slope + 0.5) <= 3 * sl.se, sl
+    assert found.st_floor.holds, found.st_floor
+    assert found.unbiased_need_more.holds, found.unbiased_need_more
     for name in ("psa", "arm", "reinforce"):  # unbiased for the head
-        assert res["methods"][name]["layers"]["layer3"]["relative_bias"] < 0.05
+        assert res.methods[name].layers["layer3"].relative_bias < 0.05
 
 
 def _error_line(capsys):
@@ -266,7 +268,7 @@ def test_cli_on_the_authors_network_writes_results(authors, tmp_path, capsys):
     net = res["networks"]["psa_gradeval_5-5-5_chk100"]
     assert abs(net["exact_expected_loss"] - AUTHORS_LOSS) <= 1e-9
     assert set(net["methods"]) == {"st", "mean"}
-    assert net["methods"]["st"]["layers"]["layer2"]["M"] == study.m_grid(100)
+    assert net["methods"]["st"]["layers"]["layer2"]["M"] == stats.m_grid(100)
     assert (out / "rmse_psa_gradeval_5-5-5_chk100.png").stat().st_size > 0
     assert (out / "cosine_psa_gradeval_5-5-5_chk100.png").stat().st_size > 0
     assert cli_main(argv) == 2  # a finished study is replaced only with --overwrite
@@ -314,7 +316,7 @@ def test_cli_never_touches_a_folder_it_did_not_create(tmp_path, monkeypatch, cap
     monkeypatch.chdir(project)
     argv = ["--samples", "10", "--train-checkpoints", "2", "--methods", "st", "--workers", "1"]
     started = []
-    monkeypatch.setattr(study, "trained_networks", lambda *a, **k: started.append(1))
+    monkeypatch.setattr(training, "trained_networks", lambda *a, **k: started.append(1))
     for out in ("../v", ".", str(project)):
         assert cli_main([*argv, "--out", out]) == 2
         err = capsys.readouterr().err.strip()

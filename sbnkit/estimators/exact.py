@@ -148,7 +148,8 @@ class Exact(Estimator):
         if need > self.max_states:
             layers = "-".join(map(str, counts)) or "none"
             raise UserError(
-                f"exact enumeration needs {need} states per example (binary layers {layers}, "
+                f"exact enumeration needs 2^{need.bit_length() - 1} states per example (binary "
+                f"layers {layers}, "
                 f"{configs.bits} sampled binary weights) but max_states={self.max_states}; use a "
                 "smaller network or pass a larger max_states"
             )
