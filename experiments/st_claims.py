@@ -1,0 +1,108 @@
+"""Table and figure of the principled-ST claims runs (mirror map, weight forward, latent decay).
+
+Reads every run folder under ``ROOT`` (each an ``sbnkit train`` run with ``config.toml`` and
+``metrics.json``), prints a markdown table with the mirror map (``tanh``: logistic weight noise
+of scale ½, ``clip``: uniform weight noise), the training forward of the weights, the latent
+weight decay and the test metrics (mode network; 1 sample and ``eval.samples``-sample ensemble of
+networks drawn as ``eval.sample`` says; NLL; expected calibration error), and writes ``PNG``: the
+ensemble NLL, ECE and accuracy against the decay for the runs that differ only in the decay
+(tanh mirror map, sampled forward).
+
+    python experiments/st_claims.py runs/bw/claims --png runs/bw/claims/decay.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from sbnkit.train import load_config
+
+MIRRORS = {"logistic": "tanh", "uniform": "clip"}
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    """The settings and final metrics of one run folder."""
+    cfg = load_config(folder / "config.toml")
+    m = json.loads((folder / "metrics.json").read_text())
+    return {
+        "run": folder.name,
+        "mirror": MIRRORS.get(cfg.model.weight_noise, cfg.model.weight_noise),
+        "forward": cfg.model.weight_mode,
+        "decay": cfg.optim.latent.weight_decay,
+        "epochs": cfg.train.epochs,
+        "eval_sample": m["eval_sample"],
+        **{k: m[k] for k in m if k.startswith("test_") and isinstance(m[k], (int, float))},
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of ``rows`` (sorted by mirror, forward, decay)."""
+    head = (
+        "| run | mirror map | weight forward | latent decay | epochs | acc mode | acc 1 sample "
+        "| acc ensemble | NLL mode | NLL ensemble | ECE mode | ECE ensemble | eval draws |"
+    )
+    lines = [head, "|---" * 13 + "|"]
+    for r in sorted(rows, key=lambda r: (r["mirror"], r["forward"], r["decay"])):
+        lines.append(
+            f"| {r['run']} | {r['mirror']} | {r['forward']} | {r['decay']:g} | {r['epochs']} "
+            f"| {100 * r['test_acc_mode']:.2f} | {100 * r['test_acc_sample']:.2f} "
+            f"| {100 * r['test_acc_ensemble']:.2f} | {r['test_nll_mode']:.3f} "
+            f"| {r['test_nll_ensemble']:.3f} | {r['test_ece_mode']:.4f} "
+            f"| {r['test_ece_ensemble']:.4f} | {r['eval_sample']} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_decay(rows: list[dict[str, Any]], path: Path) -> None:
+    """Ensemble NLL, ECE and accuracy against the latent decay (tanh, sampled forward)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = sorted(
+        (r for r in rows if r["mirror"] == "tanh" and r["forward"] == "sample"),
+        key=lambda r: r["decay"],
+    )
+    if not sweep:
+        raise SystemExit("no tanh / sample runs to plot")
+    positive = [r["decay"] for r in sweep if r["decay"] > 0]
+    zero_at = min(positive) / 10 if positive else 1e-6  # where decay 0 is drawn on the log axis
+    xs = [r["decay"] if r["decay"] > 0 else zero_at for r in sweep]
+    panels = (
+        ("test_nll_ensemble", "test_nll_mode", "NLL"),
+        ("test_ece_ensemble", "test_ece_mode", "ECE"),
+        ("test_acc_ensemble", "test_acc_mode", "accuracy"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, (ens, mode, label) in zip(axes, panels, strict=True):
+        ax.plot(xs, [r[ens] for r in sweep], "o-", label="ensemble (sampled weights)")
+        ax.plot(xs, [r[mode] for r in sweep], "s--", label="mode network")
+        ax.set_xscale("log")
+        ax.set_xlabel("latent weight decay (leftmost point: 0)")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("md recipe, tanh mirror map, sampled weight forward", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table of every finished run under ROOT; write the decay figure."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--png", type=Path)
+    args = ap.parse_args(argv)
+    rows = [read_run(f) for f in sorted(args.root.iterdir()) if (f / "metrics.json").is_file()]
+    print(table(rows))
+    if args.png:
+        plot_decay(rows, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
