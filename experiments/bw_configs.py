@@ -7,9 +7,12 @@ Two derived changes, so that a shorter budget keeps each method's schedule:
 * MD-tanh-S anneals β every ``beta_interval`` steps; the interval is scaled by
   ``EPOCHS / recipe epochs`` so that β still makes the recipe's number of increases;
 * ``fmnist_adaste_corrected``: the AdaSTE recipe with ``rule = "corrected"`` and the lr of its own
-  search (``--corrected-lr``), because that rule scales the gradient by N instead of N².
+  search (``--corrected-lr``), because that rule scales the gradient by N instead of N²; with
+  ``--corrected-kl`` its ``kl_weight`` (1/N keeps the KL term's weight relative to the data term
+  what it is under ``rule = "code"``, 1/N²; at 1 the prior pins ``|θ|`` near ``N|g|``).
 
-    python experiments/bw_configs.py --epochs 5 --threads 1 --corrected-lr 16 --out runs/bw/configs
+    python experiments/bw_configs.py --epochs 2 --threads 1 --corrected-lr 2.4 \\
+        --corrected-kl 1.85e-5 --out runs/bw/configs
 
 The comparison then runs ``sbnkit compare OUT/*.toml --seeds 3``.
 """
@@ -45,13 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--corrected-lr", type=float, required=True)
+    ap.add_argument("--corrected-kl", type=float, default=1.0, help="its kl_weight")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for method in METHODS:
         text = derived(method, args.epochs, args.threads, [])
         (args.out / f"fmnist_{method}.toml").write_text(text)
-    corrected = ["optim.latent.rule=corrected", f"optim.latent.lr={args.corrected_lr}"]
+    corrected = [
+        "optim.latent.rule=corrected",
+        f"optim.latent.lr={args.corrected_lr}",
+        f"optim.latent.kl_weight={args.corrected_kl}",
+    ]
     text = derived("adaste", args.epochs, args.threads, corrected)
     (args.out / "fmnist_adaste_corrected.toml").write_text(text)
     print(f"wrote {len(METHODS) + 1} configs to {args.out}")
