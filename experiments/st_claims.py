@@ -6,9 +6,11 @@ of scale ½, ``clip``: uniform weight noise), the training forward of the weight
 weight decay and the test metrics (mode network; 1 sample and ``eval.samples``-sample ensemble of
 networks drawn as ``eval.sample`` says; NLL; expected calibration error), and writes ``PNG``: the
 ensemble NLL, ECE and accuracy against the decay for the runs that differ only in the decay
-(tanh mirror map, sampled forward).
+(tanh mirror map, sampled forward). ``--confidence`` adds, from each run's ``model.pt``, the mean
+top-class probability of the mode network and of the ensemble on the test set (confidence below
+accuracy: under-confident; above: over-confident), which says which way the ECE points.
 
-    python experiments/st_claims.py runs/bw/claims --png runs/bw/claims/decay.png
+    python experiments/st_claims.py runs/bw/claims --png runs/bw/claims/decay.png [--confidence]
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sbnkit.train import load_config
+import torch
+
+from sbnkit import data as data_lib
+from sbnkit.inference import predict_proba
+from sbnkit.train import build_model, checkpoint, config_from_dict, load_config
 
 MIRRORS = {"logistic": "tanh", "uniform": "clip"}
 
@@ -36,6 +42,30 @@ def read_run(folder: Path) -> dict[str, Any]:
         "eval_sample": m["eval_sample"],
         **{k: m[k] for k in m if k.startswith("test_") and isinstance(m[k], (int, float))},
     }
+
+
+def confidence(folder: Path) -> dict[str, float]:
+    """Mean top-class test probability of the run's mode network and ``eval.samples`` ensemble
+    (drawing as its ``eval.sample``), and the two accuracies, from ``model.pt``."""
+    saved = checkpoint.load(folder / "model.pt")
+    cfg = config_from_dict(saved["config"])
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg)
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    x, y = data_lib.load(cfg.data.name, "test", cfg.data.root or None, cfg.data.standardize)
+    out = {}
+    with torch.no_grad():
+        for mode in ("mode", "ensemble"):
+            p = torch.cat(
+                [
+                    predict_proba(model, xb, mode, cfg.eval.samples, cfg.eval.sample)
+                    for xb in x.split(cfg.eval.batch_size)
+                ]
+            )
+            out[f"conf_{mode}"] = float(p.max(dim=1).values.mean())
+            out[f"acc_{mode}"] = float((p.argmax(dim=1) == y).float().mean())
+    return out
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -96,9 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path)
     ap.add_argument("--png", type=Path)
+    ap.add_argument("--confidence", action="store_true", help="also the mean confidences")
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    rows = [read_run(f) for f in sorted(args.root.iterdir()) if (f / "metrics.json").is_file()]
+    torch.set_num_threads(args.threads)
+    folders = [f for f in sorted(args.root.iterdir()) if (f / "metrics.json").is_file()]
+    rows = [read_run(f) for f in folders]
     print(table(rows))
+    if args.confidence:
+        print(
+            "\n| run | acc mode | mean confidence mode | acc ensemble | mean confidence ensemble |"
+        )
+        print("|---|---|---|---|---|")
+        for f in folders:
+            c = confidence(f)
+            print(
+                f"| {f.name} | {100 * c['acc_mode']:.2f} | {100 * c['conf_mode']:.2f} "
+                f"| {100 * c['acc_ensemble']:.2f} | {100 * c['conf_ensemble']:.2f} |"
+            )
     if args.png:
         plot_decay(rows, args.png)
     return 0
