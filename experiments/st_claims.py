@@ -112,6 +112,8 @@ def plot_decay(rows: list[dict[str, Any]], path: Path) -> None:
         ax.plot(xs, [r[ens] for r in sweep], "o-", label="ensemble (sampled weights)")
         ax.plot(xs, [r[mode] for r in sweep], "s--", label="mode network")
         ax.set_xscale("log")
+        if label == "NLL":
+            ax.set_yscale("log")
         ax.set_xlabel("latent weight decay (leftmost point: 0)")
         ax.set_ylabel(label)
     axes[0].legend(fontsize=7)
