@@ -6,9 +6,11 @@ of scale ½, ``clip``: uniform weight noise), the training forward of the weight
 weight decay and the test metrics (mode network; 1 sample and ``eval.samples``-sample ensemble of
 networks drawn as ``eval.sample`` says; NLL; expected calibration error), and writes ``PNG``: the
 ensemble NLL, ECE and accuracy against the decay for the runs that differ only in the decay
-(tanh mirror map, sampled forward). ``--confidence`` adds, from each run's ``model.pt``, the mean
-top-class probability of the mode network and of the ensemble on the test set (confidence below
-accuracy: under-confident; above: over-confident), which says which way the ECE points.
+(tanh mirror map, sampled forward). Runs that differ only in the seed are pooled (mean ± sample
+standard deviation; the figure shows the means). ``--confidence`` adds, from each run's
+``model.pt``, the mean top-class probability of the mode network and of the ensemble on the test
+set (confidence below accuracy: under-confident; above: over-confident), which says which way
+the ECE points.
 
     python experiments/st_claims.py runs/bw/claims --png runs/bw/claims/decay.png [--confidence]
 """
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from sbnkit import data as data_lib
+from sbnkit.compare import mean_std
 from sbnkit.inference import predict_proba
 from sbnkit.train import build_model, checkpoint, config_from_dict, load_config
 
@@ -68,20 +71,45 @@ def confidence(folder: Path) -> dict[str, float]:
     return out
 
 
+METRICS = (
+    ("test_acc_mode", 100.0, 2),
+    ("test_acc_sample", 100.0, 2),
+    ("test_acc_ensemble", 100.0, 2),
+    ("test_nll_mode", 1.0, 3),
+    ("test_nll_ensemble", 1.0, 3),
+    ("test_ece_mode", 1.0, 3),
+    ("test_ece_ensemble", 1.0, 3),
+)
+
+
+def grouped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per setting (mirror, forward, decay, epochs, eval draws): the runs of its seeds,
+    with every metric as the list over seeds; sorted by mirror, forward, decay."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        key = (r["mirror"], r["forward"], r["decay"], r["epochs"], r["eval_sample"])
+        g = groups.setdefault(
+            key, {**{k: r[k] for k in r if not k.startswith("test_")}, "runs": []}
+        )
+        g["runs"].append(r["run"])
+        for k, _, _ in METRICS:
+            g.setdefault(k, []).append(r[k])
+    return [groups[k] for k in sorted(groups, key=lambda k: k[:3])]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """A markdown table of ``rows`` (sorted by mirror, forward, decay)."""
+    """A markdown table of ``rows``, seeds of one setting pooled (mean ± sample std)."""
     head = (
-        "| run | mirror map | weight forward | latent decay | epochs | acc mode | acc 1 sample "
-        "| acc ensemble | NLL mode | NLL ensemble | ECE mode | ECE ensemble | eval draws |"
+        "| setting (runs) | mirror map | weight forward | latent decay | epochs | seeds | acc mode "
+        "| acc 1 sample | acc ensemble | NLL mode | NLL ensemble | ECE mode | ECE ensemble "
+        "| eval draws |"
     )
-    lines = [head, "|---" * 13 + "|"]
-    for r in sorted(rows, key=lambda r: (r["mirror"], r["forward"], r["decay"])):
+    lines = [head, "|---" * 14 + "|"]
+    for g in grouped(rows):
+        cells = " | ".join(mean_std(g[k], scale, digits) for k, scale, digits in METRICS)
         lines.append(
-            f"| {r['run']} | {r['mirror']} | {r['forward']} | {r['decay']:g} | {r['epochs']} "
-            f"| {100 * r['test_acc_mode']:.2f} | {100 * r['test_acc_sample']:.2f} "
-            f"| {100 * r['test_acc_ensemble']:.2f} | {r['test_nll_mode']:.3f} "
-            f"| {r['test_nll_ensemble']:.3f} | {r['test_ece_mode']:.4f} "
-            f"| {r['test_ece_ensemble']:.4f} | {r['eval_sample']} |"
+            f"| {min(g['runs'], key=len)} | {g['mirror']} | {g['forward']} | {g['decay']:g} "
+            f"| {g['epochs']} | {len(g['runs'])} | {cells} | {g['eval_sample']} |"
         )
     return "\n".join(lines)
 
@@ -93,10 +121,11 @@ def plot_decay(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sweep = sorted(
-        (r for r in rows if r["mirror"] == "tanh" and r["forward"] == "sample"),
-        key=lambda r: r["decay"],
-    )
+    sweep = [
+        {**g, **{k: sum(g[k]) / len(g[k]) for k, _, _ in METRICS}}
+        for g in grouped(rows)
+        if g["mirror"] == "tanh" and g["forward"] == "sample"
+    ]
     if not sweep:
         raise SystemExit("no tanh / sample runs to plot")
     positive = [r["decay"] for r in sweep if r["decay"] > 0]
