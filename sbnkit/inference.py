@@ -37,6 +37,7 @@ __all__ = [
     "Sampled",
     "SampleChoice",
     "check_sample",
+    "draws_randomly",
     "evaluate_batches",
     "nll_sum",
     "predict_proba",
@@ -82,6 +83,17 @@ def resolve_sample(model: nn.Module, sample: SampleChoice = "auto") -> Sampled:
     """
     check_sample(sample)
     return trained_sampling(model) if sample == "auto" else sample  # type: ignore[return-value]
+
+
+def draws_randomly(model: nn.Module, sample: SampleChoice = "auto") -> bool:
+    """Whether a sample of ``model`` under ``sample`` differs from its mode network: it has
+    binary units and ``sample`` draws units, or Bernoulli weights and ``sample`` draws weights.
+    When it does not, every sample, and so every ensemble, equals the mode network. Raises
+    :class:`UserError` for an unknown choice."""
+    drawn = resolve_sample(model, sample)
+    units = drawn in ("units", "both") and bool(binary_units(model))
+    weights = drawn in ("weights", "both") and any(True for _ in bernoulli_parametrizations(model))
+    return units or weights
 
 
 @contextmanager

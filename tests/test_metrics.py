@@ -11,6 +11,7 @@ from torch import nn
 
 from sbnkit import UserError, cli
 from sbnkit.inference import (
+    draws_randomly,
     evaluate_batches,
     predict_proba,
     resolve_sample,
@@ -250,6 +251,29 @@ def test_final_metrics_from_one_set_of_draws():
         final_metrics(model, x, y, samples=0, batch_size=7)
     with pytest.raises(UserError, match="empty"):
         final_metrics(model, x[:0], y[:0], samples=2, batch_size=7)
+
+
+def test_a_model_with_nothing_to_draw_is_evaluated_once():
+    """Binary weights at their mode and real ReLU activations: every sample is the mode network,
+    so one pass serves every K, and the values are those of K real draws."""
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        make_binary(nn.Linear(3, 6), BernoulliWeight(mode="mode")), nn.ReLU(), nn.Linear(6, 4)
+    ).double()
+    x, y = torch.randn(30, 3, dtype=torch.float64), torch.randint(0, 4, (30,))
+    assert not draws_randomly(model) and draws_randomly(model, "weights")
+    forwards = []
+    model[2].register_forward_hook(lambda *_: forwards.append(1))
+    m = final_metrics(model, x, y, samples=3, batch_size=10, curve_max=8)
+    assert len(forwards) == 3  # the mode pass over 3 batches, no draws
+    drawn = evaluate(model, x, y, "ensemble", samples=3, batch_size=10)
+    assert (m["test_acc_ensemble"], m["test_nll_ensemble"]) == pytest.approx(
+        (drawn["acc"], drawn["nll"]), rel=1e-12
+    )
+    assert m["test_ece_ensemble"] == m["test_ece_mode"]
+    assert all(v == m["test_ensemble_curve"]["1"] for v in m["test_ensemble_curve"].values())
+    assert len(final_metrics(model, x, y, 2, 10, curve_max=2, sample="weights")) == len(m)
+    assert len(forwards) > 3 + 3  # sampling the weights on request draws again
 
 
 @pytest.mark.parametrize(("sample", "first_op_calls"), [("units", 1), ("both", 3)])

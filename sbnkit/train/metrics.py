@@ -40,6 +40,7 @@ from ..errors import UserError
 from ..inference import (
     EvalMode,
     SampleChoice,
+    draws_randomly,
     evaluate_batches,
     nll_sum,
     predict_proba,
@@ -293,7 +294,9 @@ def final_metrics(
 
     ``samples``: the ensemble size of ``{prefix}_*_ensemble``; ``sample``: what the random
     networks draw (``auto`` = what training drew); ``curve_max``: the largest ensemble size of
-    the curve. Raises :class:`UserError` for bad arguments or an empty set.
+    the curve. A model with nothing to draw under ``sample`` (:func:`draws_randomly`, e.g. binary
+    weights at their mode with real activations) is evaluated once: its samples and ensembles
+    are its mode network. Raises :class:`UserError` for bad arguments or an empty set.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise UserError(f"samples must be a positive integer, got {samples!r}")
@@ -303,6 +306,7 @@ def final_metrics(
         raise UserError("evaluation set is empty")
     start = time.perf_counter()
     drawn = resolve_sample(model, sample)
+    random = draws_randomly(model, drawn)
     sizes = curve_sizes(curve_max)
 
     ks = sorted({*sizes, samples})
@@ -312,13 +316,14 @@ def final_metrics(
         out = {"mode": accuracy_nll(p_mode, y, batch_size)}
         out["ece_mode"] = expected_calibration_error(p_mode, y)
         parts: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
-        for xb in x.split(batch_size):
-            draw = sampled_softmax(model, xb, drawn)
-            for k, p in running_means(iter(draw, None), ks):
-                parts[k].append(p)
+        if random:
+            for xb in x.split(batch_size):
+                draw = sampled_softmax(model, xb, drawn)
+                for k, p in running_means(iter(draw, None), ks):
+                    parts[k].append(p)
         curve = {}
         for k in ks:
-            p = torch.cat(parts[k])
+            p = torch.cat(parts[k]) if random else p_mode
             scores = accuracy_nll(p, y, batch_size)
             if k in sizes:
                 curve[str(k)] = scores
