@@ -127,21 +127,48 @@ def convnet(
     num_classes: int = 10,
     channels: Sequence[int] = (32, 64, 128),
     image_size: int = 28,
+    strides: Sequence[int] | None = None,
+    head: str = "avg",
+    hidden: Sequence[int] = (),
     **options,
 ) -> SBN:
-    """A conv SBN for small images: 3×3 convs (stride 1, then stride 2), global-average head.
+    """A conv SBN for small images: 3×3 convs (padding 1), optional dense stages, a Linear head.
 
-    Layer i > 0 halves the resolution with stride 2 (no pooling, so path estimators apply).
+    ``strides``: one per conv (default ``1, 2, 2, …``: layer i > 0 halves the resolution; no
+    pooling, so path estimators apply). ``head``: ``"avg"`` (global average pooling) or
+    ``"flatten"`` (the last feature map flattened). ``hidden``: sizes of binary dense stages
+    (Linear → [norm] → unit) between the last conv and the head; they read the flattened map,
+    so they need ``head="flatten"``.
     """
     channels = _check_sizes(channels, "convnet channels", 1)
+    strides = [1] + [2] * (len(channels) - 1) if strides is None else list(strides)
+    if len(strides) != len(channels) or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides
+    ):
+        raise UserError(
+            f"convnet strides must be {len(channels)} positive integers (one per channel "
+            f"size), got {strides!r}"
+        )
+    if head not in ("avg", "flatten"):
+        raise UserError(f"unknown convnet head {head!r}; known: avg, flatten")
+    hidden = list(hidden)
+    if hidden and head != "flatten":
+        raise UserError('convnet hidden (dense) stages need head = "flatten"')
     b = _Builder(**options)
     has_bias = b.norm is None
-    stages, c_in = [], in_channels
-    for k, c_out in enumerate(channels):
-        conv = nn.Conv2d(c_in, c_out, 3, stride=1 if k == 0 else 2, padding=1, bias=has_bias)
+    stages, c_in, size = [], in_channels, image_size
+    for k, (c_out, stride) in enumerate(zip(channels, strides, strict=True)):
+        conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=has_bias)
         stages.append(b.stage(conv, first=k == 0))
-        c_in = c_out
-    return SBN(stages, b.head(c_in, num_classes, "avg"), (in_channels, image_size, image_size))
+        c_in, size = c_out, (size - 1) // stride + 1
+    n_in = c_in if head == "avg" else c_in * size * size
+    if hidden:
+        hidden = _check_sizes(hidden, "convnet hidden sizes", 1)
+        stages.append(nn.Flatten())
+        for n_out in hidden:
+            stages.append(b.stage(nn.Linear(n_in, n_out, bias=has_bias), first=False))
+            n_in = n_out
+    return SBN(stages, b.head(n_in, num_classes, head), (in_channels, image_size, image_size))
 
 
 CIFAR_S1_LAYERS = (  # (out channels, kernel, stride): the PSA paper's all-conv SBN, no padding

@@ -131,6 +131,35 @@ CASES = {
         ),
         6,
     ),
+    # chosen strides, a flatten head reading the last ±1 map (columns permuted to (h, w, c))
+    "convnet-strides-flatten": (
+        lambda: models.convnet(
+            1,
+            3,
+            (4, 6, 5),
+            image_size=9,
+            strides=(2, 1, 2),
+            head="flatten",
+            norm="batch",
+            binary_weights=True,
+        ),
+        6,
+    ),
+    # a binary dense stage reading the flattened last ±1 map, then the head
+    "convnet-dense": (
+        lambda: models.convnet(
+            1,
+            3,
+            (4, 5),
+            image_size=8,
+            strides=(2, 2),
+            head="flatten",
+            hidden=(11,),
+            norm="batch",
+            binary_weights=True,
+        ),
+        6,
+    ),
     "cifar_s1": (lambda: models.cifar_s1(3, 10, 32, binary_weights=True), 2),
     "relu-binary-weights": (_relu_sbn, 16),
 }

@@ -7,7 +7,11 @@ Sections and keys (defaults in parentheses)::
                       width (1.0, channel/unit multiplier of the last four, which have real
                       ReLU activations and binary weights everywhere but as binary_first /
                       binary_head say);
-                      channels ([32, 64, 128], convnet); norm (batch) | affine | none;
+                      channels ([32, 64, 128], convnet); strides ([] = 1, 2, 2, ...; one
+                      per convnet layer); head (avg) | flatten (convnet's head input: global
+                      average or the flattened last map); conv_hidden ([], sizes of binary
+                      dense stages after convnet's convs; needs head = "flatten");
+                      norm (batch) | affine | none;
                       binary_weights (true); binary_first (true); binary_head (false);
                       noise (logistic); noise_scale (1.0); weight_noise (logistic);
                       weight_noise_scale (0.5); weight_mode (sample) | mode | mean;
@@ -32,7 +36,9 @@ Sections and keys (defaults in parentheses)::
                       flipcrop; crop_padding (4); standardize (true); root ("" = default lookup)
     [eval]            samples (16, ensemble size K); batch_size (2000); sample (auto) | units |
                       weights | both: what the sample/ensemble evaluations draw, "auto" = what
-                      training drew (see sbnkit.inference)
+                      training drew (see sbnkit.inference); curve_max (64, the largest
+                      ensemble size of the accuracy-vs-K curve 1, 2, 4, ...: each size up to
+                      max(samples, curve_max) costs a sampled pass over the test set)
 
 Keys a method does not use (e.g. momentum for bop) are ignored, and so are the ``[model]``
 ``weight_*`` / ``latent_clip`` keys for methods other than md (adam, sgd). Unknown keys, wrong
@@ -72,6 +78,7 @@ FLAT_MODELS = ("mlp", "mlp_binaryconnect")
 SCHEDULES = ("constant", "cosine", "step")
 INITS = ("default", "data")
 NORMS = ("batch", "affine", "none")
+CONVNET_HEADS = ("avg", "flatten")
 
 
 @dataclass
@@ -81,6 +88,9 @@ class ModelConfig:
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [1024, 1024])
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    strides: list[int] = field(default_factory=list)
+    head: str = "avg"
+    conv_hidden: list[int] = field(default_factory=list)
     width: float = 1.0
     norm: str = "batch"
     binary_weights: bool = True
@@ -158,6 +168,7 @@ class EvalConfig:
     samples: int = 16
     batch_size: int = 2000
     sample: str = "auto"
+    curve_max: int = 64
 
 
 @dataclass
@@ -275,6 +286,17 @@ def check(cfg: Config) -> Config:
     _choice("model.weight_noise", m.weight_noise, list(NOISES))
     _choice("model.weight_mode", m.weight_mode, WEIGHT_MODES)
     _choice("model.init", m.init, INITS)
+    _choice("model.head", m.head, CONVNET_HEADS)
+    if m.strides and (len(m.strides) != len(m.channels) or any(s < 1 for s in m.strides)):
+        raise UserError(
+            f"model.strides must be {len(m.channels)} positive integers (one per model.channels "
+            f"entry) or [] for the default, got {m.strides}"
+        )
+    if m.conv_hidden and (m.head != "flatten" or any(s < 1 for s in m.conv_hidden)):
+        raise UserError(
+            'model.conv_hidden needs model.head = "flatten" and positive sizes, got '
+            f"{m.conv_hidden} with head {m.head!r}"
+        )
     for key, sizes in (("model.hidden", m.hidden), ("model.channels", m.channels)):
         if not sizes or any(s < 1 for s in sizes):
             raise UserError(f"{key} must be a non-empty array of positive integers, got {sizes}")
@@ -305,6 +327,7 @@ def check(cfg: Config) -> Config:
         ("train.threads", t.threads),
         ("eval.samples", e.samples),
         ("eval.batch_size", e.batch_size),
+        ("eval.curve_max", e.curve_max),
     ):
         _positive(key, value)
     if t.batch_size == 1 and m.norm == "batch" and m.name == "mlp":

@@ -95,7 +95,16 @@ def build_model(cfg: Config) -> nn.Module:
     if height != width:
         raise UserError(f"model {m.name!r} needs square images, {ds.name} has {height}×{width}")
     if m.name == "convnet":
-        return MODELS["convnet"](channels, ds.num_classes, m.channels, height, **options)
+        return MODELS["convnet"](
+            channels,
+            ds.num_classes,
+            m.channels,
+            height,
+            strides=m.strides or None,
+            head=m.head,
+            hidden=m.conv_hidden,
+            **options,
+        )
     return MODELS[m.name](channels, ds.num_classes, height, **options)
 
 
@@ -366,7 +375,9 @@ def fit(
                 f"epoch {epoch}/{t.epochs}: loss {record['train_loss']:.4f}{extra} "
                 f"test_acc {test['acc']:.4f} ({seconds:.1f}s, {images_per_s:.0f} images/s)"
             )
-    metrics = final_metrics(model, *run.test, e.samples, e.batch_size, sample=e.sample)
+    metrics = final_metrics(
+        model, *run.test, e.samples, e.batch_size, sample=e.sample, curve_max=e.curve_max
+    )
     if run.val is not None:
         val = evaluate(model, *run.val, "mode", batch_size=e.batch_size)
         metrics.update(val_acc_mode=val["acc"], val_nll_mode=val["nll"])
