@@ -116,6 +116,15 @@ def test_convnet_builds_for_images():
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_eval_curve_max_bounds_the_final_curve():
+    run = prepare(parse_config(TOY.replace("epochs = 15", "epochs = 1"), ["eval.curve_max=4"]))
+    metrics = fit(run, progress=False)
+    assert list(metrics["test_ensemble_curve"]) == ["1", "2", "4"]
+    assert metrics["ensemble_samples"] == 8  # the ensemble itself still has eval.samples draws
+    with pytest.raises(UserError, match=r"eval\.curve_max must be positive"):
+        parse_config("[eval]\ncurve_max = 0")
+
+
 def test_convnet_strides_and_flatten_head_from_config():
     cfg = parse_config(
         '[model]\nname = "convnet"\nchannels = [4, 8, 3]\nstrides = [2, 1, 2]\nhead = "flatten"'
