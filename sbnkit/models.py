@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import OptionError, UserError
-from .network import SBN, ChannelAffine, Head, Pool, Stage, along
+from .network import POOLS, SBN, ChannelAffine, Head, Pool, Stage, along
 from .noise import NOISE_NAMES, Noise, NoiseName
 from .units import RULES, BinaryUnit, RuleKind
 from .weights import WEIGHT_MODES, BernoulliWeight, LatentWeight, WeightMode, make_binary
@@ -377,6 +377,9 @@ def convnet(
     num_classes: int,
     *,
     channels: Sequence[int] = (32, 64, 128),
+    strides: Sequence[int] | None = None,
+    head: Pool = "avg",
+    dense: Sequence[int] = (),
     noise: NoiseName | Noise = "logistic",
     noise_scale: float = 1.0,
     norm: Norm | None = None,
@@ -390,14 +393,32 @@ def convnet(
     latent_clip: float | None = None,
     weight: WeightFactory | None = None,
 ) -> SBN:
-    """A conv SBN for small images ``(C, H, W)``: 3×3 convs (stride 1, then stride 2) with
-    ``channels`` outputs, a global-average head.
+    """A conv SBN for small images ``(C, H, W)``: 3×3 convs (padding 1) with ``channels``
+    outputs, optional binary dense stages, a Linear head.
 
-    Layer i > 0 halves the resolution with stride 2 (no pooling, so path estimators apply).
-    Options: see the module docstring. Raises :class:`UserError` for a bad option or input
-    that is not an image.
+    ``strides``: one per conv (default ``1, 2, 2, …``: layer i > 0 halves the resolution; no
+    pooling, so path estimators apply). ``head``: ``"avg"`` (global average pooling) or
+    ``"flatten"`` (the last ±1 map flattened). ``dense``: sizes of binary dense stages
+    (Linear → [norm] → unit) between the last conv and the head; they read the flattened map, so
+    they need ``head = "flatten"``. Other options: see the module docstring. Raises
+    :class:`UserError` for a bad option or input that is not an image.
     """
     channels = _sizes("convnet", "channels", channels)
+    strides = [1] + [2] * (len(channels) - 1) if strides is None else list(strides)
+    if len(strides) != len(channels) or any(
+        not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 1 for s in strides
+    ):
+        raise OptionError(
+            "strides",
+            f"strides must be {len(channels)} positive integers (one per channels entry), got "
+            f"{strides!r} (model 'convnet')",
+        )
+    _choice("convnet", "head", head, POOLS, "heads")
+    dense = list(dense)
+    if dense:
+        dense = _sizes("convnet", "dense", dense)
+        if head != "flatten":
+            raise OptionError("dense", "dense stages need head = \"flatten\" (model 'convnet')")
     weights = _BinaryWeights(
         "convnet",
         binary_weights,
@@ -410,13 +431,19 @@ def convnet(
         weight,
     )
     units = _Units("convnet", noise, noise_scale, norm, rule, weights)
-    c_in = _image("convnet", input_shape)[0]
-    stages = []
-    for k, c_out in enumerate(channels):
-        conv = nn.Conv2d(c_in, c_out, 3, stride=1 if k == 0 else 2, padding=1, bias=units.bias)
+    c_in, height, width = _image("convnet", input_shape)
+    stages: list[nn.Module] = []
+    for k, (c_out, stride) in enumerate(zip(channels, strides, strict=True)):
+        conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=units.bias)
         stages.append(units.stage(conv, first=k == 0))
-        c_in = c_out
-    return SBN(stages, units.head(c_in, num_classes, "avg"), input_shape)
+        c_in, height, width = c_out, (height - 1) // stride + 1, (width - 1) // stride + 1
+    n_in = c_in if head == "avg" else c_in * height * width
+    if dense:
+        stages.append(nn.Flatten())
+        for n_out in dense:
+            stages.append(units.stage(nn.Linear(n_in, n_out, bias=units.bias), first=False))
+            n_in = n_out
+    return SBN(stages, units.head(n_in, num_classes, head), input_shape)
 
 
 CIFAR_S1_LAYERS = (  # (out channels, kernel, stride): the PSA paper's all-conv SBN, no padding

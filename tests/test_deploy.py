@@ -134,6 +134,33 @@ CASES = {
         ),
         6,
     ),
+    # chosen strides, a flatten head reading the last ±1 map (columns permuted to (h, w, c))
+    "convnet-strides-flatten": (
+        lambda: models.convnet(
+            (1, 9, 9),
+            3,
+            channels=(4, 6, 5),
+            strides=(2, 1, 2),
+            head="flatten",
+            norm="batch",
+            binary_weights=True,
+        ),
+        6,
+    ),
+    # a binary dense stage reading the flattened last ±1 map, then the head
+    "convnet-dense": (
+        lambda: models.convnet(
+            (1, 8, 8),
+            3,
+            channels=(4, 5),
+            strides=(2, 2),
+            head="flatten",
+            dense=(11,),
+            norm="batch",
+            binary_weights=True,
+        ),
+        6,
+    ),
     "cifar_s1": (lambda: models.cifar_s1((3, 32, 32), 10, binary_weights=True), 2),
     "relu-binary-weights": (_relu_sbn, 16),
 }

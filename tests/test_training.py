@@ -8,7 +8,7 @@ import pytest
 import torch
 from sbn_testing import fake_fmnist
 
-from sbnkit import UserError
+from sbnkit import UserError, models
 from sbnkit.errors import Stopped
 from sbnkit.inference import predict_proba
 from sbnkit.train import build_model, checkpoint, fit, parse_config, prepare, state
@@ -114,6 +114,56 @@ def test_convnet_builds_for_images():
     cfg = parse_config('[model]\nname = "convnet"\nchannels = [4, 8]')
     model = build_model(cfg)
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_eval_curve_max_bounds_the_final_curve():
+    run = prepare(parse_config(TOY.replace("epochs = 15", "epochs = 1"), ["eval.curve_max=4"]))
+    metrics = fit(run, progress=False)
+    assert list(metrics["test_ensemble_curve"]) == ["1", "2", "4"]
+    assert metrics["ensemble_samples"] == 8  # the ensemble itself still has eval.samples draws
+    with pytest.raises(UserError, match=r"eval\.curve_max must be positive"):
+        parse_config("[eval]\ncurve_max = 0")
+
+
+def test_convnet_strides_and_flatten_head_from_config():
+    cfg = parse_config(
+        '[model]\nname = "convnet"\nchannels = [4, 8, 3]\nstrides = [2, 1, 2]\nhead = "flatten"'
+    )
+    model = build_model(cfg)
+    convs = [s.op for s in model.stages]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1), (2, 2)]
+    assert model.head.pool == "flatten"
+    assert model.head.linear.in_features == 3 * 7 * 7  # 28 -> 14 -> 14 -> 7
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    default = build_model(parse_config('[model]\nname = "convnet"\nchannels = [4, 8, 3]'))
+    assert [s.op.stride for s in default.stages] == [(1, 1), (2, 2), (2, 2)]
+    assert default.head.pool == "avg" and default.head.linear.in_features == 3
+    dense = build_model(
+        parse_config(
+            '[model]\nname = "convnet"\nchannels = [4, 8]\nstrides = [2, 2]\n'
+            'head = "flatten"\ndense = [16]'
+        )
+    )
+    assert isinstance(dense.stages[2], torch.nn.Flatten)
+    assert dense.stages[3].op.in_features == 8 * 7 * 7 and dense.stages[3].op.out_features == 16
+    assert dense.head.linear.in_features == 16
+    assert dense(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ('name = "convnet"\nchannels = [4, 8]\nstrides = [2]', r"model\.strides must be 2"),
+        ('name = "convnet"\nchannels = [4]\nstrides = [0]', r"model\.strides must be 1"),
+        ('name = "convnet"\nhead = "max"', r"model\.head must be one of flatten, avg"),
+        ('name = "convnet"\ndense = [8]', r"model\.dense stages need head"),
+    ],
+)
+def test_convnet_bad_strides_or_head(model, message):
+    with pytest.raises(UserError, match=message):
+        parse_config(f"[model]\n{model}")
+    with pytest.raises(UserError, match="strides must be 1 positive"):
+        models.convnet((1, 8, 8), 10, channels=(4,), strides=(1, 2))
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -7,7 +7,9 @@ Sections and keys (defaults in parentheses)::
                       init (default) | data (needs an SBN). The other keys are options of the
                       model's builder (sbnkit.models), passed to it where it takes them and
                       ignored otherwise: hidden ([1024, 1024], mlp); channels ([32, 64, 128],
-                      convnet); width (1.0, the binary-weight networks' multiplier);
+                      convnet; also its own strides (1, 2, 2, ...), head (avg) | flatten and
+                      dense ([], binary dense stages after the convs; need head = "flatten"));
+                      width (1.0, the binary-weight networks' multiplier);
                       norm (batch) | affine | none; binary_weights (true); binary_first (true);
                       binary_head (false); noise (logistic); noise_scale (1.0);
                       weight_noise (logistic); weight_noise_scale (0.5);
@@ -37,7 +39,9 @@ Sections and keys (defaults in parentheses)::
                       flipcrop; crop_padding (4); standardize (true); root ("" = default lookup)
     [eval]            samples (16, ensemble size K); batch_size (2000); sample (auto) | units |
                       weights | both: what the sample/ensemble evaluations draw, "auto" = what
-                      training drew (see sbnkit.inference)
+                      training drew (see sbnkit.inference); curve_max (64, the largest
+                      ensemble size of the accuracy-vs-K curve 1, 2, 4, ...: each size up to
+                      max(samples, curve_max) costs a sampled pass over the test set)
 
 Keys a method does not use (e.g. momentum for bop) are ignored, and so are the ``[model]``
 ``weight_*`` / ``latent_clip`` keys for methods other than md (adam, sgd) and the ``[model]``
@@ -202,6 +206,7 @@ class EvalConfig:
     samples: int = 16
     batch_size: int = 2000
     sample: str = "auto"
+    curve_max: int = 64
 
 
 @dataclass
@@ -386,6 +391,7 @@ def check(cfg: Config) -> Config:
         ("train.threads", t.threads),
         ("eval.samples", e.samples),
         ("eval.batch_size", e.batch_size),
+        ("eval.curve_max", e.curve_max),
     ):
         _positive(key, value)
     if t.batch_size == 1 and any(isinstance(x, nn.BatchNorm1d) for x in model.modules()):

@@ -379,7 +379,9 @@ def fit(
                 f"epoch {epoch}/{t.epochs}: loss {record['train_loss']:.4f}{extra} "
                 f"test_acc {test['acc']:.4f} ({seconds:.1f}s, {images_per_s:.0f} images/s)"
             )
-    metrics = final_metrics(model, *run.test, e.samples, e.batch_size, sample=e.sample)
+    metrics = final_metrics(
+        model, *run.test, e.samples, e.batch_size, sample=e.sample, curve_max=e.curve_max
+    )
     if run.val is not None:
         val = evaluate(model, *run.val, "mode", batch_size=e.batch_size)
         metrics.update(val_acc_mode=val["acc"], val_nll_mode=val["nll"])
