@@ -200,15 +200,14 @@ def fmnist(checkpoint_path: str | None, quick: bool, tmp: Path) -> dict | None:
         print(f"fmnist: skipped ({exc})", file=sys.stderr)
         return None
     if checkpoint_path:
-        model = deploy.source.load_model(checkpoint_path, allow_config=False)
+        model = deploy.source.load_model(checkpoint_path, allow_config=False).model
     else:
         from sbnkit.train import fit, prepare
 
         overrides = ["train.epochs=1"] if quick else []
         cfg = load_config(ROOT / "configs" / "fmnist_default.toml", overrides)
         run = prepare(cfg)
-        (tmp / "run").mkdir()
-        fit(run, tmp / "run", progress=False)
+        fit(run, progress=False)
         model = run.model
     model.eval()
     deploy.export(model, tmp / "fm.npz")
