@@ -48,16 +48,14 @@ from .runfolder import RunFolder, check_folder
 from .train import (
     Config,
     Run,
-    build_model,
     checkpoint,
-    config_from_dict,
     events,
     fit,
     load_config,
+    load_trained,
     prepare,
     state,
 )
-from .train.loop import seed_everything
 from .train.metrics import evaluate, log_summary
 
 __all__ = ["main"]
@@ -393,18 +391,10 @@ def _done(epochs: int) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     if args.samples is not None and args.samples < 1:
         raise UserError(f"--samples must be a positive integer, got {args.samples}")
-    saved = checkpoint.load(args.checkpoint)
-    cfg = config_from_dict(saved["config"])
+    device = resolve_device(args.device)
+    model, cfg = load_trained(args.checkpoint)
     torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    model = build_model(cfg).to(resolve_device(args.device))
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except RuntimeError:
-        raise UserError(
-            f"the weights in {args.checkpoint} do not fit the model of its config; "
-            "the checkpoint is damaged or was written by another sbnkit version"
-        ) from None
+    model = model.to(device)
     d = cfg.data
     x, y = data_lib.load(d.name, "test", d.root or None, d.standardize)
     samples = args.samples or cfg.eval.samples

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import data as data_lib
 from ..errors import UserError
-from ..train import Config, build_model, checkpoint, config_from_dict, load_config
+from ..train import Config, build_model, load_config, load_trained
 
 __all__ = ["Source", "load_model"]
 
@@ -38,14 +38,5 @@ def load_model(path: str | os.PathLike, allow_config: bool = True) -> Source:
             raise UserError(f"{path} is a config; pass the model.pt of a trained run")
         cfg = load_config(path)
         return _source(build_model(cfg), cfg)
-    saved = checkpoint.load(path)
-    cfg = config_from_dict(saved["config"])
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except RuntimeError:
-        raise UserError(
-            f"the weights in {path} do not fit the model of its config; "
-            "the checkpoint is damaged or was written by another sbnkit version"
-        ) from None
+    model, cfg = load_trained(path)
     return _source(model, cfg)

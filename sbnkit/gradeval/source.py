@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..estimators.walk import sampled_bernoulli
 from ..models import data_init_
 from ..network import SBN
-from ..train import Config, build_model, checkpoint, config_from_dict, load_config
+from ..train import Config, build_model, load_config, load_trained
 from ..train.loop import seed_everything
 
 __all__ = ["Target", "load_target"]
@@ -45,16 +45,7 @@ def _model_and_config(path: Path) -> tuple[nn.Module, Config, Path, list[str]]:
         cfg = load_config(path)
         seed_everything(cfg.train.seed)
         return build_model(cfg), cfg, path, ["untrained: the model of the config at its init"]
-    saved = checkpoint.load(path)
-    cfg = config_from_dict(saved["config"])
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except RuntimeError:
-        raise UserError(
-            f"the weights in {path} do not fit the model of its config; "
-            "the checkpoint is damaged or was written by another sbnkit version"
-        ) from None
+    model, cfg = load_trained(path)
     return model, cfg, path, []
 
 

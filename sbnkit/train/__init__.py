@@ -2,7 +2,7 @@
 
 from . import checkpoint
 from .config import Config, config_from_dict, load_config, parse_config
-from .loop import Run, build_model, fit, prepare
+from .loop import Run, build_model, fit, load_trained, prepare
 
 __all__ = [
     "Config",
@@ -12,6 +12,7 @@ __all__ = [
     "config_from_dict",
     "fit",
     "load_config",
+    "load_trained",
     "parse_config",
     "prepare",
 ]

@@ -44,8 +44,8 @@ from ..errors import Stopped, StopSignal, UserError
 from ..estimators import Estimator
 from ..models import data_init_
 from ..weights import BernoulliWeight, clip_latents_, latent_parameters, real_parameters
-from . import state
-from .config import Config, OptimizerConfig, latent_method, model_options
+from . import checkpoint, state
+from .config import Config, OptimizerConfig, config_from_dict, latent_method, model_options
 from .metrics import evaluate, final_metrics
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "build_model",
     "build_optimizers",
     "fit",
+    "load_trained",
     "prepare",
     "seed_everything",
     "weight_factory",
@@ -84,6 +85,28 @@ def build_model(cfg: Config) -> nn.Module:
     ds = data_lib.get(cfg.data.name)
     options = model_options(cfg.model, weight=weight_factory(cfg))
     return models.get(cfg.model.name)(ds.input_shape, ds.num_classes, **options)
+
+
+def load_trained(path: str | Path) -> tuple[nn.Module, Config]:
+    """The model of checkpoint ``path`` (a ``model.pt``) with its weights, and its config.
+
+    Every random generator is seeded with the run's ``train.seed`` before the model is built (as
+    training did), so an evaluation that samples is reproducible. Raises
+    :class:`~sbnkit.errors.UserError` for a missing, unreadable or damaged file, or weights that
+    do not fit the model of its config.
+    """
+    saved = checkpoint.load(path)
+    cfg = config_from_dict(saved["config"])
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError:
+        raise UserError(
+            f"the weights in {path} do not fit the model of its config; "
+            "the checkpoint is damaged or was written by another sbnkit version"
+        ) from None
+    return model, cfg
 
 
 def _optimizer(params: list[nn.Parameter], o: OptimizerConfig) -> torch.optim.Optimizer:
