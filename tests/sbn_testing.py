@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from sbnkit import models
 from sbnkit.data.idx import write_idx
 from sbnkit.data.toy import make_toy
+from sbnkit.noise import Logistic
 
 AUTHORS_NETWORK_VAR = "SBNKIT_AUTHORS_NETWORK"
 
@@ -77,3 +78,19 @@ def fake_fmnist(folder: Path, n_train: int = 60, n_test: int = 30) -> Path:
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, np.uint8))
     return folder
+
+
+class TableNoise(Logistic):
+    """Logistic noise whose draws the test sets (``current``), so that a batched pass and a loop
+    of single passes see the same noise."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+        self.current = None
+
+    def sample(self, like):
+        assert like.shape == self.current.shape
+        return self.current
+
+    def sample_sign(self, a):
+        return torch.where(a >= self.sample(a), 1.0, -1.0).to(a.dtype)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from sbn_testing import authors_network_path, toy_net
+from sbn_testing import TableNoise, authors_network_path, toy_net
 
 from sbnkit import estimators
 from sbnkit.gradeval import cli_main, coords, make_toy, methods, netfile, stats, study, training
@@ -81,22 +81,6 @@ def test_reparam_grads_is_the_chain_rule_of_the_01_weights():
     assert coords.reparam_grads(grads, model, "pm1") == grads
 
 
-class _TableNoise(Logistic):
-    """Logistic noise whose draws are set by the test, so that a batched pass and a loop of
-    single passes see the same noise."""
-
-    def __init__(self) -> None:
-        super().__init__(1.0)
-        self.current = None
-
-    def sample(self, like):
-        assert like.shape == self.current.shape
-        return self.current
-
-    def sample_sign(self, a):
-        return torch.where(a >= self.sample(a), 1.0, -1.0).to(a.dtype)
-
-
 @pytest.mark.parametrize(
     "method",
     [
@@ -118,7 +102,7 @@ def test_per_sample_gradients_equal_separate_backward_passes(method):
     est = estimators.get(reg, **opts)
     try:
         for u in units:
-            u.noise = _TableNoise()
+            u.noise = TableNoise()
         for u, z in zip(units, tables, strict=True):
             u.noise.current = z.reshape(samples * n, -1)
         model.zero_grad(set_to_none=True)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from sbn_testing import fake_fmnist
+from sbn_testing import TableNoise, fake_fmnist
 
 from sbnkit import estimators, models
 from sbnkit.data.toy import make_toy
@@ -17,22 +17,6 @@ from sbnkit.gradeval.sampling import MethodSpec, draw
 from sbnkit.noise import Logistic
 from sbnkit.persample import PerSampleCapture, flat_grads, sample_gradients
 from sbnkit.train import build_model, checkpoint, load_config
-
-
-class _TableNoise(Logistic):
-    """Logistic noise whose draws the test sets, so that a batched pass and single passes see
-    the same noise."""
-
-    def __init__(self) -> None:
-        super().__init__(1.0)
-        self.current = None
-
-    def sample(self, like):
-        assert like.shape == self.current.shape
-        return self.current
-
-    def sample_sign(self, a):
-        return torch.where(a >= self.sample(a), 1.0, -1.0).to(a.dtype)
 
 
 def _conv_net():
@@ -52,7 +36,7 @@ def test_conv_per_sample_gradients_equal_separate_passes(name):
     tables = [Logistic(1.0).sample(torch.empty(samples, *s, dtype=x.dtype)) for s in shapes]
     est = estimators.get(name, **opts)
     for u in units:
-        u.noise = _TableNoise()
+        u.noise = TableNoise()
     for u, z in zip(units, tables, strict=True):
         u.noise.current = z.reshape(samples * n, *z.shape[2:])
     with PerSampleCapture(model, samples, n) as cap:
