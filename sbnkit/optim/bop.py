@@ -74,6 +74,7 @@ class Bop(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)
                 m = state["exp_avg"]
                 m.mul_(1.0 - gamma).add_(p.grad, alpha=gamma)
-                flip = (m.abs() > tau) & (torch.sign(m) == sign(p))
-                p.copy_(torch.where(flip, -sign(p), sign(p)))
+                up = p >= 0  # sign(p) = +1, as in units.sign
+                flip = torch.where(up, m, m.neg()) > tau  # sign(m) = sign(p) and |m| > τ
+                p.copy_(up.logical_xor_(flip)).mul_(2.0).sub_(1.0)
         return loss
