@@ -42,7 +42,7 @@ class _AdaSTEFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (theta,) = ctx.saved_tensors
-        return adaste_factor(theta, grad, *ctx.hyper) * grad, None, None, None
+        return adaste_factor(theta, grad, *ctx.hyper).mul_(grad), None, None, None
 
 
 class AdaSTEWeight(LatentWeight):
@@ -132,7 +132,7 @@ class AdaSTE(torch.optim.Optimizer):
         for group in self.param_groups:
             n = group["train_size"] * group["train_scale"]
             scale = n * n if group["rule"] == "code" else n
-            m = group["momentum"]
+            m, kl = group["momentum"], group["kl_weight"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -141,7 +141,7 @@ class AdaSTE(torch.optim.Optimizer):
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)
                 state["step"] += 1
-                exp_avg = state["exp_avg"]
-                exp_avg.mul_(m).add_(scale * p.grad + group["kl_weight"] * p, alpha=1.0 - m)
-                p.sub_(group["lr"] * exp_avg / (1.0 - m ** state["step"]))
+                buf = torch.mul(p.grad, scale).add_(torch.mul(p, kl))
+                exp_avg = state["exp_avg"].mul_(m).add_(buf, alpha=1.0 - m)
+                p.sub_(torch.mul(exp_avg, group["lr"], out=buf).div_(1.0 - m ** state["step"]))
         return loss

@@ -141,5 +141,5 @@ class BayesBiNN(torch.optim.Optimizer):
                     kl_weight=group["kl_weight"],
                 )
                 p.copy_(lam)
-                state["exp_avg"].copy_(exp_avg)
+                state["exp_avg"] = exp_avg
         return loss

@@ -74,6 +74,7 @@ class Bop(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)
                 m = state["exp_avg"]
                 m.mul_(1.0 - gamma).add_(p.grad, alpha=gamma)
-                flip = (m.abs() > tau) & (torch.sign(m) == sign(p))
-                p.copy_(torch.where(flip, -sign(p), sign(p)))
+                # sign(w) = +1 (as in units.sign) stays unless m > τ; -1 flips if m < -τ
+                up = (m > tau).logical_not_().logical_and_(p >= 0).logical_or_(m < -tau)
+                p.copy_(up).mul_(2.0).sub_(1.0)
         return loss

@@ -40,7 +40,8 @@ def adaste_forward(theta: torch.Tensor, alpha: float, beta: float) -> torch.Tens
 
     ``w*(0) = 0``; for ``αβ ≥ 1`` it equals ``sign θ`` for every ``θ ≠ 0``.
     """
-    return ((theta + beta * (1.0 + alpha) * torch.sign(theta)) / (1.0 + beta)).clamp(-1.0, 1.0)
+    w = torch.sign(theta).mul_(beta * (1.0 + alpha)).add_(theta)
+    return w.div_(1.0 + beta).clamp_(-1.0, 1.0)
 
 
 def _check_rule(rule: str) -> str:
@@ -72,30 +73,10 @@ def adaste_factor(
 
     Raises ``ValueError`` for an unknown ``rule``.
     """
-    _check_rule(rule)
+    if _check_rule(rule) == "code":
+        return _adaste_factor_code(theta, grad, alpha, beta)
     one = torch.ones_like(theta)
-    ab = alpha * beta
     slope = 1.0 / (1.0 + beta)
-    if rule == "code":
-        g_pos, g_neg = grad > _G_GATE, grad < -_G_GATE
-        if ab >= 1.0:
-            big = theta.abs() > _THETA_GATE_B
-            signed = big & (g_pos | g_neg)
-            toward = signed & (torch.sign(grad) == torch.sign(theta))
-            away = signed & (torch.sign(grad) == -torch.sign(theta))
-            rho = torch.where(toward, (1.0 / theta.abs()).clamp(0.0, _CAP), one)
-            return torch.where(away, torch.zeros_like(theta), rho)
-        pos_x = theta > max(_THETA_GATE, 1.0 - ab)
-        neg_x = theta < min(-_THETA_GATE, -1.0 + ab)
-        pos_mid = (theta > _THETA_GATE) & (theta < 1.0 - ab)
-        neg_mid = (theta > -1.0 + ab) & (theta < -_THETA_GATE)
-        abs_theta = theta.abs()
-        sat = ((1.0 + 2.0 * beta + ab) / ((1.0 + beta) * abs_theta)).clamp(0.0, _CAP)
-        mid = ((2.0 * beta * (1.0 + alpha) - theta) / ((1.0 + beta) * abs_theta)).clamp(0.0, _CAP)
-        rho = one * slope
-        rho = torch.where((pos_x & g_neg) | (neg_x & g_pos), torch.zeros_like(theta), rho)
-        rho = torch.where((pos_x & g_pos) | (neg_x & g_neg), sat, rho)
-        return torch.where((pos_mid & g_pos) | (neg_mid & g_neg), mid, rho)
     abs_theta = theta.abs()
     w = adaste_forward(theta, alpha, beta)
     saturated = w.abs() >= 1.0
@@ -106,14 +87,44 @@ def adaste_factor(
     return torch.where(theta == 0, one * slope, rho)
 
 
+def _adaste_factor_code(
+    theta: torch.Tensor, grad: torch.Tensor, alpha: float, beta: float
+) -> torch.Tensor:
+    """:func:`adaste_factor` of ``rule="code"``, with the sign-symmetric gates computed once.
+
+    ``g sign θ`` is positive when the descent step moves ``θ`` towards 0 ("toward") and negative
+    when it moves ``θ`` away from 0 ("away"); both gates need ``|g| > 1e-3``.
+    """
+    ab = alpha * beta
+    abs_theta = theta.abs()
+    g_signed = torch.sign(theta).mul_(grad)
+    toward = g_signed > _G_GATE
+    if ab >= 1.0:
+        big = abs_theta > _THETA_GATE_B
+        toward &= big
+        away = (g_signed < -_G_GATE).logical_and_(big)
+        rho = abs_theta.reciprocal_().clamp_(0.0, _CAP).masked_fill_(toward.logical_not_(), 1.0)
+        return rho.masked_fill_(away, 0.0)
+    edge = 1.0 - ab
+    sat = abs_theta > max(_THETA_GATE, edge)  # saturated; else the linear region if gated
+    toward &= abs_theta > _THETA_GATE
+    toward &= abs_theta != edge
+    away = (g_signed < -_G_GATE).logical_and_(sat)
+    den = abs_theta.mul_(1.0 + beta)
+    mid = (2.0 * beta * (1.0 + alpha) - theta).div_(den)
+    rho = torch.where(sat, den.reciprocal_().mul_(1.0 + 2.0 * beta + ab), mid).clamp_(0.0, _CAP)
+    rho.masked_fill_(toward.logical_not_(), 1.0 / (1.0 + beta))
+    return rho.masked_fill_(away, 0.0)
+
+
 def bayesbinn_sample(lam: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
     """The relaxed (Gumbel-softmax) ``±1`` sample ``tanh((λ + δ)/τ)``, ``δ = ½ log(u/(1-u))``.
 
     ``u ~ U(0, 1)`` has ``lam``'s shape; ``δ`` is logistic noise of scale ½, so as ``τ → 0`` the
     sample tends to ``w ∈ {±1}`` with ``P(w = +1) = σ(2λ)``.
     """
-    delta = 0.5 * (torch.log(u) - torch.log1p(-u))
-    return torch.tanh((lam + delta) / temperature)
+    delta = torch.log(u).sub_(torch.neg(u).log1p_()).mul_(0.5)
+    return delta.add_(lam).div_(temperature).tanh_()
 
 
 def bayesbinn_update(
@@ -138,8 +149,14 @@ def bayesbinn_update(
     ``m ← β m + (1 - β)(ĝ + kl_weight (λ - λ₀))`` and ``λ ← λ - lr m / (1 - β^step)``
     (``β = momentum``, ``λ₀ = prior``, ``step`` counts from 1). Returns the new ``(λ, m)``.
     """
-    scale = (1.0 - w * w + _EPS) / temperature / (1.0 - mu * mu + _EPS)
-    g_hat = train_size * scale * grad
-    exp_avg = momentum * exp_avg + (1.0 - momentum) * (g_hat + kl_weight * (lam - prior))
-    lam = lam - lr * exp_avg / (1.0 - momentum**step)
-    return lam, exp_avg
+    den = torch.mul(mu, mu).neg_().add_(1.0).add_(_EPS)
+    g = torch.mul(w, w).neg_().add_(1.0).add_(_EPS).div_(temperature).div_(den)
+    g.mul_(train_size).mul_(grad)
+    pull = lam - prior if not isinstance(prior, float) or prior != 0.0 else lam
+    g.add_(pull if kl_weight == 1.0 else kl_weight * pull)
+    if momentum != 0.0:
+        g.mul_(1.0 - momentum).add_(momentum * exp_avg)
+    step_size = torch.mul(g, lr)
+    if momentum != 0.0:
+        step_size.div_(1.0 - momentum**step)
+    return step_size.neg_().add_(lam), g
