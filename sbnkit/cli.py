@@ -549,5 +549,7 @@ def _main(argv: list[str]) -> int:
     except Stopped as exc:
         print(f"sbnkit: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
         return 128 + exc.signum
-    print(f"sbnkit: error: {message}", file=sys.stderr)
+    # one write call, so that the lines of several processes (torchrun ranks) never interleave
+    sys.stderr.write(f"sbnkit: error: {message}\n")
+    sys.stderr.flush()
     return 2
