@@ -735,11 +735,13 @@ def mlp_binaryconnect(
     weight_mode: WeightMode = "sample",
     latent_clip: float | None = None,
     weight: WeightFactory | None = None,
+    logit_norm: bool = True,
 ) -> nn.Sequential:
     """BayesBiNN's MNIST MLP (Meng et al., 2020): dropout 0.2 on the input, three hidden layers
     of 2048·``width`` units (Linear without bias → BatchNorm without affine, eps 1e-4,
     momentum 0.15 → ReLU → dropout 0.2), Linear → BatchNorm on the logits. Inputs of any shape
-    are flattened.
+    are flattened. ``logit_norm = False`` drops the logits' BatchNorm (not in the paper), so that
+    the network's confidence is not fixed by it.
 
     Binary weights as in :func:`vgg16`. Raises :class:`UserError` for a bad option.
     """
@@ -755,6 +757,7 @@ def mlp_binaryconnect(
         weight,
     )
     width = _positive("mlp_binaryconnect", "width", width)
+    logit_norm = _flag("mlp_binaryconnect", "logit_norm", logit_norm)
     mods: list[nn.Module] = [nn.Flatten(), nn.Dropout(0.2)]
     n_in = math.prod(input_shape)
     for _ in range(3):
@@ -766,7 +769,9 @@ def mlp_binaryconnect(
             nn.Dropout(0.2),
         ]
         n_in = n_out
-    mods += [nn.Linear(n_in, num_classes, bias=False), _bn(num_classes, False, 1e-4, 0.15)]
+    mods.append(nn.Linear(n_in, num_classes, bias=False))
+    if logit_norm:
+        mods.append(_bn(num_classes, False, 1e-4, 0.15))
     return _binarize_ops(nn.Sequential(*mods), weights)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from sbnkit import binarize, optim
 from sbnkit.data.cifar import write_cifar_bin
 from sbnkit.data.idx import write_idx
+from sbnkit.errors import UserError
 from sbnkit.models import mlp_binaryconnect, resnet18, vgg16, vgg_binaryconnect
 from sbnkit.optim import AdaSTEWeight, TanhWeight
 from sbnkit.train import fit, load_config, parse_config, prepare
@@ -94,6 +95,16 @@ def test_width_multiplier_counts():
     assert _count(r) == want
     m = mlp_binaryconnect((784,), 10, width=0.25, binary_weights=False)
     assert _count(m) == 784 * 512 + 2 * 512 * 512 + 512 * 10
+
+
+def test_mlp_binaryconnect_logit_norm_option():
+    m = mlp_binaryconnect((784,), 10, width=0.25)
+    assert isinstance(m[-1], nn.BatchNorm1d) and m[-1].num_features == 10
+    bare = mlp_binaryconnect((784,), 10, width=0.25, logit_norm=False)
+    assert isinstance(bare[-1], nn.Linear) and len(bare) == len(m) - 1
+    assert bare(torch.randn(3, 784)).shape == (3, 10)
+    with pytest.raises(UserError, match="logit_norm"):
+        mlp_binaryconnect((784,), 10, logit_norm="no")
 
 
 def test_binary_first_and_head_choose_the_binary_layers():

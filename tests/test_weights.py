@@ -210,3 +210,27 @@ def test_using_weight_mode_refuses_unknown_modes_and_restores_after_errors():
     with pytest.raises(RuntimeError), using_weight_mode(model, "sample"):
         raise RuntimeError
     assert model.stages[0].op.parametrizations.weight[0].mode == "mean"
+
+
+def test_sgd_mirror_descent_with_decay_one_over_n_is_the_bayesbinn_update():
+    """The VI claim in its SGD form: mirror descent on the Bernoulli means (SGD on the latents η)
+    with latent weight decay c = 1/N and step ε = α N is BayesBiNN's Bayesian learning rule
+    ``λ ← λ - α (N ĝ + λ)`` (no momentum, KL weight 1, uniform prior), given the same estimate
+    ĝ of ∂ℓ̄/∂μ. BayesBiNN's ĝ is its relaxed-sample scale times ∂ℓ̄/∂w."""
+    from sbnkit.optim.functional import bayesbinn_sample, bayesbinn_update
+
+    torch.manual_seed(3)
+    n, alpha, tau = 54_000, 2e-5, 0.7
+    lam = 2 * torch.randn(6, 5, dtype=torch.float64)
+    w = bayesbinn_sample(lam, torch.rand(6, 5, dtype=torch.float64), tau)
+    grad = 1e-4 * torch.randn(6, 5, dtype=torch.float64)  # ∂ℓ̄/∂w at the relaxed sample w
+    mu = torch.tanh(lam)
+    new_lam, _ = bayesbinn_update(
+        lam, torch.zeros_like(lam), grad, w, mu, 1,
+        lr=alpha, momentum=0.0, temperature=tau, train_size=n,
+    )  # fmt: skip
+    g_mu = (1 - w * w + 1e-10) / tau / (1 - mu * mu + 1e-10) * grad
+    eta = lam.clone().requires_grad_(True)
+    eta.grad = g_mu
+    torch.optim.SGD([eta], lr=alpha * n, weight_decay=1.0 / n).step()
+    torch.testing.assert_close(eta.detach(), new_lam, rtol=1e-12, atol=1e-12)
