@@ -26,7 +26,7 @@ from torch import nn
 from sbnkit import data as data_lib
 from sbnkit import estimators
 from sbnkit.network import Stage
-from sbnkit.train import build_model, load_config
+from sbnkit.train import build_model, load_config, train_step
 from sbnkit.train.loop import build_optimizers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,12 +103,7 @@ def main() -> None:
     loss_fn = nn.CrossEntropyLoss()
 
     def sbn_step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = est.loss(sbn, x, y)
-        for o in sbn_opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in sbn_opts:
-            o.step()
+        train_step(sbn, est, sbn_opts, x, y)
 
     def twin_step(x: torch.Tensor, y: torch.Tensor) -> None:
         loss = loss_fn(twin(x), y)

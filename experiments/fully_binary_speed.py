@@ -22,7 +22,7 @@ import torch
 from sbnkit import data as data_lib
 from sbnkit import estimators
 from sbnkit.inference import predict_proba
-from sbnkit.train import build_model, load_config
+from sbnkit.train import build_model, load_config, train_step
 from sbnkit.train.loop import build_optimizers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +41,7 @@ def measure(overrides: list[str], steps: int, eval_batch: int = 2000) -> dict[st
     x, y = torch.randn(bs, *ds.input_shape), torch.randint(0, ds.num_classes, (bs,))
 
     def step() -> None:
-        loss = est.loss(model, x, y)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
+        train_step(model, est, opts, x, y)
 
     model.train()
     for _ in range(2):

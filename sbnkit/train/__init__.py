@@ -2,7 +2,7 @@
 
 from . import checkpoint
 from .config import Config, config_from_dict, load_config, parse_config
-from .loop import Run, build_model, fit, load_trained, prepare
+from .loop import Run, build_model, fit, load_trained, prepare, train_step
 
 __all__ = [
     "Config",
@@ -15,4 +15,5 @@ __all__ = [
     "load_trained",
     "parse_config",
     "prepare",
+    "train_step",
 ]

@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ __all__ = [
     "load_trained",
     "prepare",
     "seed_everything",
+    "train_step",
     "weight_factory",
 ]
 
@@ -224,6 +225,37 @@ def _lr_factor(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
     return lambda step: 1.0
 
 
+def train_step(
+    model: nn.Module,
+    estimator: Estimator,
+    optimizers: Iterable[torch.optim.Optimizer],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    grad_clip: float = 0.0,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """One training step on the batch ``(x, y)``, as :func:`fit` makes it: the estimator's
+    loss, ``zero_grad`` and backward, the gradients averaged over ``world_size`` processes and
+    clamped to ``±grad_clip`` (0: not clamped), every optimizer's ``step``, then the latents
+    clipped where the weights ask for it. Returns the loss (detached)."""
+    optimizers = list(optimizers)
+    loss = estimator.loss(model, x, y)
+    for o in optimizers:
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    if world_size > 1 or grad_clip > 0:
+        params = [p for p in model.parameters() if p.requires_grad]  # the same on every rank
+        all_reduce_gradients(params, world_size)
+        for p in params if grad_clip > 0 else ():
+            if p.grad is not None:
+                p.grad.clamp_(-grad_clip, grad_clip)
+    for o in optimizers:
+        o.step()
+    clip_latents_(model)
+    return loss.detach()
+
+
 def fit(
     run: Run,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -278,7 +310,6 @@ def fit(
         k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in run.optimizers.items()
     }
     hooks = optim_lib.Schedules(model, run.optimizers.values())
-    params = [p for p in model.parameters() if p.requires_grad]
     at = state.LoopPosition(epoch=1, step=0, loss_total=0.0, logged=0, train_seconds=0.0)
     epoch_rng = None
     if resume is not None:
@@ -339,18 +370,15 @@ def fit(
         for xb, yb in bar:
             xb, yb = cluster.shard(xb), cluster.shard(yb)
             xb, yb = xb.to(run.device, non_blocking=True), yb.to(run.device, non_blocking=True)
-            loss = est.loss(model, xb, yb)
-            for o in run.optimizers.values():
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            all_reduce_gradients(params, cluster.world_size)
-            if t.grad_clip > 0:
-                for p in params:
-                    if p.grad is not None:
-                        p.grad.clamp_(-t.grad_clip, t.grad_clip)
-            for o in run.optimizers.values():
-                o.step()
-            clip_latents_(model)
+            loss = train_step(
+                model,
+                est,
+                run.optimizers.values(),
+                xb,
+                yb,
+                grad_clip=t.grad_clip,
+                world_size=cluster.world_size,
+            )
             for s in schedulers.values():
                 s.step()
             hooks.step_end()
