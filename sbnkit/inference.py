@@ -41,6 +41,7 @@ __all__ = [
     "evaluate_batches",
     "nll_sum",
     "predict_proba",
+    "recalibrate_batch_norm",
     "resolve_sample",
     "trained_sampling",
     "using_sampling",
@@ -181,3 +182,51 @@ def evaluate_batches(
     if count == 0:
         raise UserError("evaluation set is empty")
     return {"acc": correct / count, "nll": nll / count}
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor | tuple[torch.Tensor, ...]],
+    mode: EvalMode = "mode",
+    sample: SampleChoice = "auto",
+) -> int:
+    """Re-estimate the running statistics of every BatchNorm of ``model`` for the network of
+    evaluation ``mode``, in place; returns the number of inputs seen.
+
+    The running statistics are collected by the *training* forward pass. When that differs from
+    the evaluated network (MD-tanh-S's ``tanh(βθ)`` before ``β`` has saturated it, sampled or
+    relaxed weights evaluated at their mode), the statistics do not fit it. This resets them and
+    averages (``momentum = None``) the batch statistics of forward passes of the ``mode``
+    network (weights and units as in :func:`using_sampling`; dropout off) over ``batches``
+    (inputs, or tuples whose first entry is the input, moved to the model's device), then
+    leaves the model in the train/eval state it had. Nothing else changes. Raises
+    :class:`UserError` for an unknown ``mode`` or ``sample``, or when ``batches`` is empty.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in norms]
+    count = 0
+    model.eval()
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        with using_sampling(model, mode, sample):
+            for batch in batches:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x.to(device))
+                count += x.shape[0]
+        if count == 0:
+            raise UserError("no batches to re-estimate the BatchNorm statistics from")
+    except BaseException:
+        for m, (_, state) in zip(norms, saved, strict=True):
+            m.load_state_dict(state)
+        raise
+    finally:
+        for m, (momentum, _) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return count

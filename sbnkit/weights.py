@@ -50,6 +50,7 @@ __all__ = [
     "make_binary",
     "real_parameters",
     "straight_through",
+    "unsaturated_ratio",
     "using_weight_mode",
 ]
 
@@ -92,6 +93,12 @@ class LatentWeight(nn.Module):
     def binary(self, latent: torch.Tensor) -> torch.Tensor:
         """The deployed ``±1`` weights for ``latent`` (default ``sign``, ``sign(0) = +1``)."""
         return sign(latent)
+
+    def unsaturated(self, latent: torch.Tensor) -> torch.Tensor | None:
+        """Where the training forward of a deterministic soft parametrization is still far from
+        its evaluation weights: a boolean mask shaped like ``latent``, or ``None`` (the default)
+        when the method has no such notion (:func:`unsaturated_ratio`)."""
+        return None
 
 
 class BernoulliWeight(LatentWeight):
@@ -180,6 +187,21 @@ def real_parameters(model: nn.Module) -> list[nn.Parameter]:
     """All parameters of ``model`` that are not binary-weight latents."""
     latent = {id(p) for p in latent_parameters(model)}
     return [p for p in model.parameters() if id(p) not in latent]
+
+
+@torch.no_grad()
+def unsaturated_ratio(model: nn.Module) -> float | None:
+    """The fraction of ``model``'s binary weights that :meth:`LatentWeight.unsaturated` flags,
+    among the weights of the parametrizations that flag any (e.g. MD-tanh-S's ``β|θ| < 1``);
+    ``None`` when no parametrization has the notion. A large fraction at the end of training
+    means the evaluated ``±1`` network is not the network that was trained."""
+    flagged = total = 0
+    for m, p in binary_parametrizations(model):
+        mask = p.unsaturated(m.parametrizations.weight.original.detach())
+        if mask is not None:
+            flagged += int(mask.sum())
+            total += mask.numel()
+    return flagged / total if total else None
 
 
 @torch.no_grad()

@@ -225,6 +225,27 @@ def test_fit_drives_epoch_and_step_schedules_of_any_method(tmp_path):
     assert all(float(p.beta) == 2.0 ** (steps // 4) for p in tanh)
 
 
+@pytest.mark.parametrize("beta, warned", [(1.0, True), (1e6, False)])
+def test_fit_logs_the_unsaturated_ratio_and_warns_when_training_ends_unsaturated(beta, warned):
+    text = TOY + f'name = "md_tanh_s"\nbeta = {beta}\nbeta_interval = 100000'
+    threads = torch.get_num_threads()
+    records, lines = [], []
+    try:
+        run = prepare(parse_config(text.replace("epochs = 3", "epochs = 1")))
+        metrics = fit(run, records.append, progress=False, echo=lines.append)
+    finally:
+        torch.set_num_threads(threads)
+    ratio = metrics["unsaturated_ratio"]
+    assert records[-1]["unsaturated_ratio"] == ratio
+    assert (ratio > 0.5) == warned and (ratio == 0.0) != warned
+    assert any(line.startswith("warning:") and "unsaturated" in line for line in lines) == warned
+    run = prepare(parse_config(TOY.replace("epochs = 3", "epochs = 1") + 'name = "md"'))
+    try:
+        assert "unsaturated_ratio" not in fit(run, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 SBN_TOY = """
 [model]
 name = "mlp"

@@ -134,3 +134,33 @@ def test_evaluate_batches_refuses_an_empty_set_and_unknown_modes():
         evaluate_batches(model, [])
     with pytest.raises(UserError, match="evaluation mode"):
         evaluate_batches(model, [(torch.zeros(1, 2), torch.tensor([0]))], "vote")
+
+
+def test_recalibrate_batch_norm_gives_the_statistics_of_the_evaluated_sign_network():
+    from torch import nn
+
+    from sbnkit.optim import TanhWeight
+
+    torch.manual_seed(0)
+    dense = sbnkit.make_binary(nn.Linear(4, 3, bias=False).double(), TanhWeight(beta=0.5))
+    bn = nn.BatchNorm1d(3, momentum=0.2, affine=False).double()
+    model = nn.Sequential(nn.Dropout(0.5), dense, bn)
+    x1, x2 = torch.randn(8, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    model(x1)  # training forward: soft weights tanh(βθ), dropout: statistics of another network
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    w = sign(dense.parametrizations.weight.original.detach())
+    assert sbnkit.recalibrate_batch_norm(model, [(x1, None), x2]) == 13
+    a1, a2 = x1 @ w.T, x2 @ w.T  # momentum None: the plain average of the batches' statistics
+    torch.testing.assert_close(bn.running_mean, (a1.mean(0) + a2.mean(0)) / 2)
+    torch.testing.assert_close(bn.running_var, (a1.var(0) + a2.var(0)) / 2)
+    assert int(bn.num_batches_tracked) == 2 and bn.momentum == 0.2 and model.training
+    assert float(dense.parametrizations.weight[0].beta) == 0.5
+    model.eval()
+    want = (a2 - bn.running_mean) / (bn.running_var + bn.eps).sqrt()
+    torch.testing.assert_close(model(x2), want)
+    recalibrated = {k: v.clone() for k, v in bn.state_dict().items()}
+    with pytest.raises(UserError, match="no batches"):
+        sbnkit.recalibrate_batch_norm(model, [])
+    assert not model.training and bn.momentum == 0.2
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, recalibrated[k]) and not torch.equal(v, before[k])

@@ -27,7 +27,13 @@ from sbnkit.optim import (
 )
 from sbnkit.optim.functional import adaste_factor, adaste_forward, bayesbinn_sample
 from sbnkit.train import parse_config
-from sbnkit.weights import latent_parameters, make_binary, real_parameters, using_weight_mode
+from sbnkit.weights import (
+    latent_parameters,
+    make_binary,
+    real_parameters,
+    unsaturated_ratio,
+    using_weight_mode,
+)
 
 D = torch.float64
 OPTIONS = {"bayesbinn": {"train_size": 1000}, "adaste": {"train_size": 1000}}
@@ -259,6 +265,25 @@ def test_md_tanh_s_forward_schedule_and_full_st():
     assert torch.equal(layer.weight, torch.tanh(5.0 * theta.detach()))
     layer.eval()
     assert torch.equal(layer.weight, torch.where(theta >= 0, 1.0, -1.0).to(D))
+
+
+def test_md_tanh_s_conv_weights_are_sign_theta_in_evaluation_and_unsaturated_counts_beta_theta():
+    torch.manual_seed(0)
+    conv = make_binary(nn.Conv2d(2, 3, 3, bias=False).to(D), TanhWeight(beta=4.0))
+    dense = make_binary(nn.Linear(5, 2, bias=False).to(D), TanhWeight(beta=4.0))
+    model = nn.Sequential(conv, dense)  # only walked, never run
+    theta = conv.parametrizations.weight.original
+    with torch.no_grad():
+        theta.copy_(torch.linspace(-0.5, 0.5, theta.numel(), dtype=D).reshape(theta.shape))
+        dense.parametrizations.weight.original.fill_(0.3)  # β|θ| = 1.2: saturated
+    assert torch.equal(conv.weight, torch.tanh(4.0 * theta.detach()))
+    model.eval()
+    assert torch.equal(conv.weight, torch.where(theta >= 0, 1.0, -1.0).to(D))
+    mask = conv.parametrizations.weight[0].unsaturated(theta.detach())
+    assert torch.equal(mask, 4.0 * theta.detach().abs() < 1.0)
+    assert int(mask.sum()) == 26  # |θ| = |k/53 - 1/2| < 1/4: k = 14..39
+    assert unsaturated_ratio(model) == 26 / (54 + 10)
+    assert unsaturated_ratio(_net("md")) is None  # Bernoulli weights have no such notion
 
 
 def test_binaryconnect_clips_and_md_is_plain_adam():

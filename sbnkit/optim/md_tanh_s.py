@@ -5,6 +5,13 @@ straight-through backward (``∂ℓ/∂w`` passed to ``θ`` unchanged, no ``tanh
 with the tanh mirror map), ``β`` multiplied by ``beta_scale`` every ``beta_interval`` steps
 (:meth:`~TanhWeight.step_end`, capped at ``beta_max``); in evaluation (or weight mode ``"mode"``)
 the weights are ``sign θ``. The latents are updated by Adam (the published recipe).
+
+The evaluated ``sign θ`` network is the trained ``tanh(βθ)`` network only where ``β|θ|`` is large:
+a weight with ``β|θ| < 1`` (:meth:`~TanhWeight.unsaturated`) enters training at less than 0.76 of
+its evaluation magnitude, and the BatchNorm running statistics are those of the training forward.
+``β`` must therefore have grown enough by the end of training (the schedule must complete within
+the run); the training loop logs the unsaturated fraction (``unsaturated_ratio``) and warns when
+it is large.
 """
 
 from __future__ import annotations
@@ -60,6 +67,11 @@ class TanhWeight(LatentWeight):
 
     def right_inverse(self, w0: torch.Tensor) -> torch.Tensor:
         return w0.detach().clone()
+
+    def unsaturated(self, latent: torch.Tensor) -> torch.Tensor:
+        """``β|θ| < 1``: the weights whose training value ``|tanh(βθ)|`` is below ``tanh 1 ≈ 0.76``
+        of their evaluation value ``|sign θ| = 1``."""
+        return float(self.beta) * latent.abs() < 1.0
 
     def step_end(self) -> None:
         """Count a step; every ``beta_interval`` steps ``β ← min(β · beta_scale, beta_max)``."""

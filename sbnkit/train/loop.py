@@ -43,7 +43,13 @@ from ..distributed import (
 from ..errors import Stopped, StopSignal, UserError
 from ..estimators import Estimator
 from ..models import data_init_
-from ..weights import BernoulliWeight, clip_latents_, latent_parameters, real_parameters
+from ..weights import (
+    BernoulliWeight,
+    clip_latents_,
+    latent_parameters,
+    real_parameters,
+    unsaturated_ratio,
+)
 from . import checkpoint, state
 from .config import Config, OptimizerConfig, config_from_dict, latent_method, model_options
 from .metrics import evaluate, final_metrics
@@ -61,6 +67,12 @@ __all__ = [
 ]
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
+
+UNSATURATED_WARNING = 0.25
+"""The final ``unsaturated_ratio`` above which :func:`fit` warns (through ``echo``). A tripwire,
+not a guarantee: MD-tanh-S runs whose β schedule completes end near 0.15 (harmless on the
+Fashion-MNIST MLP, 12 points lost by the sign network of the ×0.125 VGG), a schedule cut short
+near 0.8 (the VGG's sign network at chance); EXPERIMENTS.md."""
 
 
 def weight_factory(cfg: Config) -> Callable[[], nn.Module]:
@@ -269,10 +281,14 @@ def fit(
     """Train ``run`` for ``config.train.epochs`` epochs.
 
     ``on_epoch`` receives each finished epoch's record (``epoch``, ``train_loss``,
-    ``flip_ratio`` (the fraction of binary weights whose sign the epoch changed), ``val_*_mode``
-    with a validation split, ``test_acc_mode``, ``test_nll_mode``, ``seconds``,
-    ``images_per_s``, ``elapsed``, learning rates); ``progress``: show a tqdm bar on stderr
-    (default: when stderr is a terminal); ``echo`` receives a one-line summary per epoch.
+    ``flip_ratio`` (the fraction of binary weights whose sign the epoch changed),
+    ``unsaturated_ratio`` (for soft parametrizations such as MD-tanh-S: the fraction of their
+    weights whose training value is still far from the evaluated ``±1``,
+    :func:`~sbnkit.weights.unsaturated_ratio`), ``val_*_mode`` with a validation split,
+    ``test_acc_mode``, ``test_nll_mode``, ``seconds``, ``images_per_s``, ``elapsed``, learning
+    rates); ``progress``: show a tqdm bar on stderr (default: when stderr is a terminal);
+    ``echo`` receives a one-line summary per epoch, and a warning when the final
+    ``unsaturated_ratio`` exceeds :data:`UNSATURATED_WARNING`.
 
     ``save_state(position, write)`` is called every ``train.checkpoint_every`` epochs and when
     ``stop`` is set (by a signal handler); it calls ``write(path)`` to write the training state
@@ -283,9 +299,9 @@ def fit(
     ``save_state``): each checkpoint gathers the ranks' streams to rank 0.
 
     Returns the final metrics (see :func:`~sbnkit.train.metrics.final_metrics`) plus
-    ``epochs``, ``seconds`` and ``train_seconds``. Raises :class:`~sbnkit.errors.UserError` when
-    the loss diverges, or ``resume`` does not fit the model or was saved by another number of
-    processes.
+    ``unsaturated_ratio`` (when the model has it), ``epochs``, ``seconds`` and
+    ``train_seconds``. Raises :class:`~sbnkit.errors.UserError` when the loss diverges, or
+    ``resume`` does not fit the model or was saved by another number of processes.
     """
     cfg, model, est, cluster = run.config, run.model, run.estimator, run.cluster
     t, e = cfg.train, cfg.eval
@@ -407,6 +423,9 @@ def fit(
                 int(((lat.detach() >= 0) != s).sum()) for lat, s in zip(latents, signs, strict=True)
             )
             record["flip_ratio"] = flips / sum(lat.numel() for lat in latents)
+        unsaturated = unsaturated_ratio(model)
+        if unsaturated is not None:
+            record["unsaturated_ratio"] = unsaturated
         if run.val is not None:
             val = evaluate(model, *run.val, "mode", batch_size=e.batch_size)
             record.update(val_acc_mode=val["acc"], val_nll_mode=val["nll"])
@@ -433,6 +452,17 @@ def fit(
     metrics = final_metrics(
         model, *run.test, e.samples, e.batch_size, sample=e.sample, curve_max=e.curve_max
     )
+    unsaturated = unsaturated_ratio(model)
+    if unsaturated is not None:
+        metrics["unsaturated_ratio"] = unsaturated
+        if unsaturated > UNSATURATED_WARNING and echo is not None:
+            echo(
+                f"warning: {unsaturated:.1%} of the binary weights end training unsaturated "
+                "(MD-tanh-S: beta·|theta| < 1), so the evaluated ±1 network is not the trained "
+                "one and its BatchNorm statistics are those of the soft weights; let beta grow "
+                "more within the run (smaller optim.latent.beta_interval), or re-estimate the "
+                "statistics (sbnkit.recalibrate_batch_norm)"
+            )
     if run.val is not None:
         val = evaluate(model, *run.val, "mode", batch_size=e.batch_size)
         metrics.update(val_acc_mode=val["acc"], val_nll_mode=val["nll"])
