@@ -22,6 +22,7 @@ __all__ = [
     "bayesbinn_sample",
     "bayesbinn_update",
     "bayesbinn_update_at",
+    "finish_sample",
     "scatter",
     "np",
 ]
@@ -116,7 +117,7 @@ def adaste_backward_corrected(theta, grad, out, c1, c2, slope, jump0, one):
 @numba.njit(inline="always", error_model="numpy")
 def _far_sample(x, v, far, u_lo, u_hi, zero):
     """``|λ| > far``, finite, and ``u`` in ``{0} ∪ [u_lo, u_hi]``: the sample is ``±1``."""
-    return (abs(x) > far) & (abs(x) < np.inf) & ((v == zero) | ((v >= u_lo) & (v <= u_hi)))
+    return (abs(x) > far) & (x - x == zero) & ((v == zero) | ((v >= u_lo) & (v <= u_hi)))
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -144,6 +145,24 @@ def bayesbinn_sample(lam, u, out, near, near_lam, near_u, far, u_lo, u_hi, one):
                     near_u[k] = vs[j]
                     k += 1
     return k
+
+
+@numba.njit(cache=True, error_model="numpy")
+def finish_sample(out, near, near_lam, log_u, log1m_u, rest, rest_x, half, temp, bound, one):
+    """The elements ``near`` of the sample from torch's ``log u`` and ``log(1 - u)``:
+    ``x = ((log u - log(1-u)) · ½ + λ)/τ``; ``out = ±1`` where ``|x| > bound``, else ``x`` and
+    its position in ``near`` go to ``rest_x`` and ``rest`` for torch's ``tanh``; returns their
+    number."""
+    r = 0
+    for j in range(near.shape[0]):
+        x = ((log_u[j] - log1m_u[j]) * half + near_lam[j]) / temp
+        if abs(x) > bound:
+            out[near[j]] = one if x > 0 else -one
+        else:
+            rest[r] = j
+            rest_x[r] = x
+            r += 1
+    return r
 
 
 @numba.njit(inline="always", error_model="numpy")

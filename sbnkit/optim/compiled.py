@@ -24,6 +24,8 @@ the loops compile then for each dtype (cached on disk). They run on one thread.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from . import functional as F
@@ -40,6 +42,7 @@ __all__ = [
 TANH_SATURATED = {torch.float32: 10.0, torch.float64: 20.0}  # |x| above: torch.tanh(x) = ±1
 _RAND_BITS = {torch.float32: 24, torch.float64: 53}  # torch.rand's resolution 2^-p
 _DELTA_BOUND: dict[torch.dtype, float] = {}
+_LOCAL = threading.local()  # per thread: the scratch arrays of the BayesBiNN loops
 
 
 def supported(*tensors: torch.Tensor) -> bool:
@@ -54,13 +57,19 @@ def _flat(t: torch.Tensor):
     return t.detach().numpy().reshape(-1)
 
 
-def _scratch(like: torch.Tensor, count: int) -> tuple:
-    """Room for the indices of all of ``like``'s elements and ``count`` arrays of their values."""
+def _scratch(like: torch.Tensor) -> tuple:
+    """Room for the indices of all of ``like``'s elements and two arrays of their values: views
+    of this thread's arrays, grown as needed (each call uses them up before it returns)."""
     from . import _jit as jit
 
     n = like.numel()
-    dtype = jit.np.float32 if like.dtype == torch.float32 else jit.np.float64
-    return (jit.np.empty(n, jit.np.int64), *(jit.np.empty(n, dtype) for _ in range(count)))
+    cache = _LOCAL.__dict__.setdefault("scratch", {})
+    arrays = cache.get(like.dtype)
+    if arrays is None or arrays[0].shape[0] < n:
+        dtype = jit.np.float32 if like.dtype == torch.float32 else jit.np.float64
+        arrays = jit.np.empty(n, jit.np.int64), jit.np.empty(n, dtype), jit.np.empty(n, dtype)
+        cache[like.dtype] = arrays
+    return tuple(a[:n] for a in arrays)
 
 
 def _consts(dtype: torch.dtype, *values: float | bool) -> tuple:
@@ -144,15 +153,23 @@ def bayesbinn_sample(lam: torch.Tensor, u: torch.Tensor, temperature: float) -> 
     lo = 2.0 ** -_RAND_BITS[dtype]
     far = (_delta_bound(dtype) + TANH_SATURATED[dtype] * temperature) * (1.0 + 2.0**-10)
     out = torch.empty_like(lam)
-    near, near_lam, near_u = _scratch(lam, 2)
-    consts = (far, *_consts(dtype, lo, 1.0 - lo, 1.0))
+    near, near_lam, near_u = _scratch(lam)
+    consts = _consts(dtype, far, lo, 1.0 - lo, 1.0)
     arrays = (_flat(lam), _flat(u), _flat(out), near, near_lam, near_u)
     k = jit.bayesbinn_sample(*arrays, *consts)
-    if k:
-        values = F.bayesbinn_sample(
-            torch.from_numpy(near_lam[:k]), torch.from_numpy(near_u[:k]), temperature
-        )
-        jit.scatter(arrays[2], near[:k], values.numpy())
+    if k:  # torch's log and tanh where needed, as in the reference (its order of operations)
+        near_u = torch.from_numpy(near_u[:k])
+        log_u, log1m_u = torch.log(near_u), torch.neg(near_u).log1p_()
+        rest = jit.np.empty(k, jit.np.int64)
+        rest_x = near_u.numpy()  # reused: its values are consumed
+        finish = (temperature, TANH_SATURATED[dtype], 1.0)
+        r = jit.finish_sample(
+            arrays[2], near[:k], near_lam[:k], log_u.numpy(), log1m_u.numpy(), rest, rest_x,
+            *_consts(dtype, 0.5, *finish),
+        )  # fmt: skip
+        if r:
+            values = torch.from_numpy(rest_x[:r]).tanh_().numpy()
+            jit.scatter(arrays[2], near[:k][rest[:r]], values)
     return out
 
 
@@ -197,8 +214,9 @@ def bayesbinn_update_(
     )
     h = _consts(lam.dtype, *consts, prior != 0.0, kl_weight != 1.0, mom)
     arrays = (_flat(lam), _flat(exp_avg), _flat(grad), _flat(w))
-    near, near_lam = _scratch(lam, 1)
-    k = jit.bayesbinn_update(*arrays, near, near_lam, TANH_SATURATED[lam.dtype], h)
+    near, near_lam, _ = _scratch(lam)
+    sat = _consts(lam.dtype, TANH_SATURATED[lam.dtype])[0]
+    k = jit.bayesbinn_update(*arrays, near, near_lam, sat, h)
     if k:
         mu = torch.tanh(torch.from_numpy(near_lam[:k]))
         jit.bayesbinn_update_at(*arrays, near[:k], mu.numpy(), h)
