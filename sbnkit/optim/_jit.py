@@ -187,9 +187,9 @@ def _update_one(x, e, wi, gr, den, h):
 @numba.njit(cache=True, error_model="numpy")
 def bayesbinn_update(lam, exp_avg, grad, w, near, near_lam, sat, h):
     """One BayesBiNN step in place (``exp_avg ← m``, ``lam ← λ - lr m / bias``) of the elements with
-    ``|λ| > sat``, where ``μ = tanh λ = ±1``; the others are left unchanged, their indices put in
-    ``near`` and their ``λ`` in ``near_lam``; returns their number. ``h``: the constants of
-    :func:`_update_one`."""
+    ``|λ| > sat``, where ``μ = tanh λ = ±1``; the others keep their ``λ`` (and their ``m`` if
+    there is momentum), their indices go to ``near`` and their ``λ`` to ``near_lam``; returns their
+    number. ``h``: the constants of :func:`_update_one`."""
     eps = h[1]
     n = lam.shape[0]
     k = 0
@@ -206,13 +206,20 @@ def bayesbinn_update(lam, exp_avg, grad, w, near, near_lam, sat, h):
                     near[k] = b0 + j
                     near_lam[k] = xs[j]
                     k += 1
-        for j in range(size):
-            x = xs[j]
-            e = es[j]
-            new_x, new_e = _update_one(x, e, ws[j], gs[j], eps, h)
-            far = abs(x) > sat
-            xs[j] = new_x if far else x
-            es[j] = new_e if far else e
+        if h[12]:
+            for j in range(size):
+                x = xs[j]
+                e = es[j]
+                new_x, new_e = _update_one(x, e, ws[j], gs[j], eps, h)
+                far = abs(x) > sat
+                xs[j] = new_x if far else x
+                es[j] = new_e if far else e
+        else:  # no momentum: the old m is not read (the rest's m is rewritten by update_at)
+            for j in range(size):
+                x = xs[j]
+                new_x, new_e = _update_one(x, eps, ws[j], gs[j], eps, h)
+                xs[j] = new_x if abs(x) > sat else x
+                es[j] = new_e
     return k
 
 
