@@ -12,11 +12,12 @@ with the Python constants rounded to it as torch rounds them.
   tests), so in :func:`bayesbinn_update_` ``μ = tanh λ`` is only computed (by torch, on the
   gathered elements) where ``|λ| ≤`` that bound; torch's ``rand`` gives ``u = 0`` or
   ``u ∈ [2^-p, 1 - 2^-p]`` (``p`` the mantissa bits), where ``|δ| = |½ log(u/(1-u))| ≤ D``, so
-  :func:`bayesbinn_sample` is ``sign λ`` (``-1`` for ``u = 0``) wherever ``|λ| > D + τ·bound``
-  and the reference formula, by torch, on the gathered rest. With a small temperature and
-  latents far from 0 (BayesBiNN's ``τ = 1e-10``, ``λ₀ = ±10``) nearly every element takes the
-  first case and no ``log`` or ``tanh`` is evaluated. The uniform draw itself stays torch's
-  ``rand_like``, so the random stream, seeding and resume are unchanged.
+  :func:`bayesbinn_sample` is ``sign λ`` (``-1`` for ``u = 0``) wherever ``|λ| > D + τ·bound``;
+  for the gathered rest torch computes ``log u`` and ``log(1 - u)``, the loop the reference's
+  arithmetic, and torch the ``tanh`` where it is not ``±1``. With a small temperature and latents
+  far from 0 (BayesBiNN's ``τ = 1e-10``, ``λ₀ = ±10``) nearly every element takes the first case.
+  The uniform draw itself stays torch's ``rand_like``, so the random stream, seeding and resume
+  are unchanged.
 
 numba is imported on first use (:mod:`._jit`, so ``import sbnkit`` does not load it);
 the loops compile then for each dtype (cached on disk). They run on one thread.
@@ -97,15 +98,16 @@ def adaste_forward(theta: torch.Tensor, alpha: float, beta: float) -> torch.Tens
 def adaste_grad(
     theta: torch.Tensor, grad: torch.Tensor, alpha: float, beta: float, rule: F.AdaSTERule = "code"
 ) -> torch.Tensor:
-    """``adaste_factor(theta, grad, alpha, beta, rule) * grad``, compiled on the CPU."""
+    """``adaste_factor(theta, grad, alpha, beta, rule) * grad``, compiled on the CPU. Raises
+    ``ValueError`` for an unknown ``rule``."""
+    if rule not in F.ADASTE_RULES:
+        raise ValueError(f"rule must be one of {', '.join(F.ADASTE_RULES)}, got {rule!r}")
     if not supported(theta, grad):
         return F.adaste_factor(theta, grad, alpha, beta, rule).mul_(grad)
     from . import _jit as jit
 
     out = torch.empty_like(theta)
     args = (_flat(theta), _flat(grad), _flat(out))
-    if rule not in F.ADASTE_RULES:
-        raise ValueError(f"rule must be one of {', '.join(F.ADASTE_RULES)}, got {rule!r}")
     if rule == "corrected":
         jump0 = min(1.0, beta * (1.0 + alpha) / (1.0 + beta))
         consts = (beta * (1.0 + alpha), 1.0 + beta, 1.0 / (1.0 + beta), jump0, 1.0)
