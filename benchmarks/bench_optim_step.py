@@ -11,8 +11,12 @@ repetition times ``--steps`` steps of every model in turn (interleaved, the orde
 repetition); the table gives the median seconds per step and the median over repetitions of
 the per-repetition ratio to Adam (goal ≤ 1.3×).
 
+``--draw`` adds a row that only draws BayesBiNN's uniforms ``u = torch.rand_like(λ)`` for every
+latent of the model (the one part of its step that no kernel can skip: its cost bounds BayesBiNN's
+ratio from below by ``1 + that row's ratio``).
+
     .venv/bin/python benchmarks/bench_optim_step.py [--reps 15] [--steps 20] [--threads 1]
-        [--methods adaste,bop] [key=value ...]
+        [--methods adaste,bop] [--draw] [key=value ...]
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from sbnkit import estimators
 from sbnkit import optim as optim_lib
 from sbnkit.train import Config, build_model, load_config
 from sbnkit.train.loop import build_optimizers
-from sbnkit.weights import clip_latents_
+from sbnkit.weights import clip_latents_, latent_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("binaryconnect", "md", "md_tanh_s", "bayesbinn", "adaste", "bop")
@@ -63,6 +67,17 @@ def stepper(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], None]:
     return step
 
 
+def drawer(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """BayesBiNN's uniform draw ``torch.rand_like(λ)`` for every latent of ``cfg``'s model."""
+    latents = [p.detach() for p in latent_parameters(build_model(cfg))]
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        for lam in latents:
+            torch.rand_like(lam)
+
+    return step
+
+
 def seconds_per_step(
     step: Callable[[torch.Tensor, torch.Tensor], None], batches: list[Batch]
 ) -> float:
@@ -81,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="steps per model and repetition")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    ap.add_argument(
+        "--draw", action="store_true", help="add a row: BayesBiNN's u = rand_like(λ) alone"
+    )
     args = ap.parse_args(argv)
     if args.reps < 1 or args.steps < 1 or args.threads < 1:
         raise SystemExit("--reps, --steps and --threads must be positive")
@@ -95,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = {"adam (float weights)": stepper(base)}
     for m in methods:
         steps[m] = stepper(load_config(ROOT / "configs" / f"fmnist_{m}.toml", args.overrides))
+    if args.draw:
+        cfg = load_config(ROOT / "configs" / "fmnist_bayesbinn.toml", args.overrides)
+        steps["rand_like of every latent (alone)"] = drawer(cfg)
 
     ds = data_lib.get(base.data.name)
     bs = base.train.batch_size

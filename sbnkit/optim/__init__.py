@@ -17,7 +17,8 @@ bop            :class:`SignWeight`          :class:`Bop`
 ============== ============================ =============================================
 
 Per-epoch and per-step schedules are hooks (:class:`Schedules`). Functional forms live in
-:mod:`sbnkit.optim.functional`.
+:mod:`sbnkit.optim.functional` (the reference); AdaSTE and BayesBiNN run their bit-identical
+compiled CPU forms, :mod:`sbnkit.optim.compiled`.
 """
 
 from __future__ import annotations

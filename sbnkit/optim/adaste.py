@@ -4,7 +4,8 @@
 of a double-well inner objective (:func:`~sbnkit.optim.functional.adaste_forward`), and its
 backward multiplies ``∂ℓ/∂w`` by ``ρ(θ, g)`` (:func:`~sbnkit.optim.functional.adaste_factor`);
 ``β`` is annealed at the start of every epoch as ``β ← min(β r, 1/α)``. In evaluation (or in
-weight mode ``"mode"``) the weights are ``sign θ``.
+weight mode ``"mode"``) the weights are ``sign θ``. On the CPU the forward and backward run the
+bit-identical compiled forms of :mod:`~sbnkit.optim.compiled`.
 
 :class:`AdaSTE` is the latent update: ``m ← β_m m + (1 - β_m)(ĝ + kl_weight θ)`` and
 ``θ ← θ - lr m / (1 - β_m^t)``, with ``ĝ = N² ρg`` for ``rule="code"`` (the published code
@@ -24,25 +25,25 @@ import torch
 
 from ..units import sign
 from ..weights import LatentWeight, WeightMode, check_weight_mode, straight_through
-from . import _checks
-from .functional import ADASTE_RULES, AdaSTERule, adaste_factor, adaste_forward
+from . import _checks, compiled
+from .functional import ADASTE_RULES, AdaSTERule
 
 __all__ = ["AdaSTE", "AdaSTEWeight"]
 
 
 class _AdaSTEFunction(torch.autograd.Function):
-    """``w*(θ)`` forward, ``ρ(θ, g) · g`` backward."""
+    """``w*(θ)`` forward, ``ρ(θ, g) · g`` backward (compiled on the CPU, :mod:`.compiled`)."""
 
     @staticmethod
     def forward(ctx, theta: torch.Tensor, alpha: float, beta: float, rule: str) -> torch.Tensor:
         ctx.save_for_backward(theta)
         ctx.hyper = (alpha, beta, rule)
-        return adaste_forward(theta, alpha, beta)
+        return compiled.adaste_forward(theta, alpha, beta)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (theta,) = ctx.saved_tensors
-        return adaste_factor(theta, grad, *ctx.hyper).mul_(grad), None, None, None
+        return compiled.adaste_grad(theta, grad, *ctx.hyper), None, None, None
 
 
 class AdaSTEWeight(LatentWeight):

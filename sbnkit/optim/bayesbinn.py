@@ -11,7 +11,8 @@ samples ``w ~ Bernoulli(σ(2λ))`` (weight mode ``"sample"``, as in the ensemble
 ``N = train_size · train_scale``, momentum with bias correction, prior ``λ₀`` and KL weight.
 The published code computes the mean ``μ`` of the scale ``s`` from the latent *before the
 previous* update (one step late); here ``μ = tanh λ`` of the current latent, i.e. ``μ`` refreshed
-after every update.
+after every update. On the CPU both run the bit-identical compiled forms of
+:mod:`~sbnkit.optim.compiled`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .. import noise as noise_lib
 from ..errors import UserError
 from ..units import sign
-from ..weights import LatentWeight, WeightMode, check_weight_mode
-from . import _checks
-from .functional import bayesbinn_sample, bayesbinn_update
+from ..weights import LatentWeight, WeightMode, check_weight_mode, straight_through
+from . import _checks, compiled
 
 __all__ = ["BayesBiNN", "BayesBiNNWeight"]
 
@@ -53,17 +53,22 @@ class BayesBiNNWeight(LatentWeight):
         self.noise = noise_lib.get("logistic", 0.5)
 
     def forward(self, lam: torch.Tensor) -> torch.Tensor:
+        if self.mode == "sample" and self.training:
+            w = straight_through(lam, self._relaxed_sample)
+            _SAMPLES[lam] = (w.detach(), self.temperature)
+            return w
         latent = lam.detach()
         if self.mode == "mode":
             w = sign(latent)
         elif self.mode == "mean":
             w = torch.tanh(latent)
-        elif self.training:
-            w = bayesbinn_sample(latent, torch.rand_like(latent), self.temperature)
-            _SAMPLES[lam] = (w, self.temperature)
         else:
             w = self.noise.sample_sign(latent)
         return w + (lam - latent)
+
+    def _relaxed_sample(self, lam: torch.Tensor) -> torch.Tensor:
+        latent = lam.detach()
+        return compiled.bayesbinn_sample(latent, torch.rand_like(latent), self.temperature)
 
     def right_inverse(self, w0: torch.Tensor) -> torch.Tensor:
         return self.init * sign(w0.detach())
@@ -126,12 +131,11 @@ class BayesBiNN(torch.optim.Optimizer):
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)
                 state["step"] += 1
-                lam, exp_avg = bayesbinn_update(
+                compiled.bayesbinn_update_(
                     p,
                     state["exp_avg"],
                     p.grad,
                     w,
-                    torch.tanh(p),
                     state["step"],
                     lr=group["lr"],
                     momentum=group["momentum"],
@@ -140,6 +144,4 @@ class BayesBiNN(torch.optim.Optimizer):
                     prior=group["prior"],
                     kl_weight=group["kl_weight"],
                 )
-                p.copy_(lam)
-                state["exp_avg"] = exp_avg
         return loss

@@ -15,7 +15,12 @@ from typing import Literal, get_args
 import torch
 
 __all__ = [
+    "ADASTE_CAP",
+    "ADASTE_G_GATE",
     "ADASTE_RULES",
+    "ADASTE_THETA_GATE",
+    "ADASTE_THETA_GATE_B",
+    "BAYESBINN_EPS",
     "AdaSTERule",
     "adaste_factor",
     "adaste_forward",
@@ -27,11 +32,11 @@ AdaSTERule = Literal["code", "corrected"]
 ADASTE_RULES: tuple[str, ...] = get_args(AdaSTERule)
 
 # Thresholds and cap of the authors' published code (AdaSTE repository, FenBPOpt.get_grad).
-_G_GATE = 1e-3  # |g| above this counts as a signed gradient
-_THETA_GATE = 1e-6  # |θ| above this counts as non-zero (case αβ < 1)
-_THETA_GATE_B = 1e-3  # |θ| gate of the case αβ ≥ 1
-_CAP = 0.5  # upper clamp of the boosted "toward" factor
-_EPS = 1e-10  # BayesBiNN's guard in the scale s
+ADASTE_G_GATE = 1e-3  # |g| above this counts as a signed gradient
+ADASTE_THETA_GATE = 1e-6  # |θ| above this counts as non-zero (case αβ < 1)
+ADASTE_THETA_GATE_B = 1e-3  # |θ| gate of the case αβ ≥ 1
+ADASTE_CAP = 0.5  # upper clamp of the boosted "toward" factor
+BAYESBINN_EPS = 1e-10  # BayesBiNN's guard in the scale s
 
 
 def adaste_forward(theta: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -98,21 +103,25 @@ def _adaste_factor_code(
     ab = alpha * beta
     abs_theta = theta.abs()
     g_signed = torch.sign(theta).mul_(grad)
-    toward = g_signed > _G_GATE
+    toward = g_signed > ADASTE_G_GATE
     if ab >= 1.0:
-        big = abs_theta > _THETA_GATE_B
+        big = abs_theta > ADASTE_THETA_GATE_B
         toward &= big
-        away = (g_signed < -_G_GATE).logical_and_(big)
-        rho = abs_theta.reciprocal_().clamp_(0.0, _CAP).masked_fill_(toward.logical_not_(), 1.0)
+        away = (g_signed < -ADASTE_G_GATE).logical_and_(big)
+        rho = (
+            abs_theta.reciprocal_().clamp_(0.0, ADASTE_CAP).masked_fill_(toward.logical_not_(), 1.0)
+        )
         return rho.masked_fill_(away, 0.0)
     edge = 1.0 - ab
-    sat = abs_theta > max(_THETA_GATE, edge)  # saturated; else the linear region if gated
-    toward &= abs_theta > _THETA_GATE
+    sat = abs_theta > max(ADASTE_THETA_GATE, edge)  # saturated; else the linear region if gated
+    toward &= abs_theta > ADASTE_THETA_GATE
     toward &= abs_theta != edge
-    away = (g_signed < -_G_GATE).logical_and_(sat)
+    away = (g_signed < -ADASTE_G_GATE).logical_and_(sat)
     den = abs_theta.mul_(1.0 + beta)
     mid = (2.0 * beta * (1.0 + alpha) - theta).div_(den)
-    rho = torch.where(sat, den.reciprocal_().mul_(1.0 + 2.0 * beta + ab), mid).clamp_(0.0, _CAP)
+    rho = torch.where(sat, den.reciprocal_().mul_(1.0 + 2.0 * beta + ab), mid).clamp_(
+        0.0, ADASTE_CAP
+    )
     rho.masked_fill_(toward.logical_not_(), 1.0 / (1.0 + beta))
     return rho.masked_fill_(away, 0.0)
 
@@ -149,8 +158,8 @@ def bayesbinn_update(
     ``m ← β m + (1 - β)(ĝ + kl_weight (λ - λ₀))`` and ``λ ← λ - lr m / (1 - β^step)``
     (``β = momentum``, ``λ₀ = prior``, ``step`` counts from 1). Returns the new ``(λ, m)``.
     """
-    den = torch.mul(mu, mu).neg_().add_(1.0).add_(_EPS)
-    g = torch.mul(w, w).neg_().add_(1.0).add_(_EPS).div_(temperature).div_(den)
+    den = torch.mul(mu, mu).neg_().add_(1.0).add_(BAYESBINN_EPS)
+    g = torch.mul(w, w).neg_().add_(1.0).add_(BAYESBINN_EPS).div_(temperature).div_(den)
     g.mul_(train_size).mul_(grad)
     pull = lam - prior if not isinstance(prior, float) or prior != 0.0 else lam
     g.add_(pull if kl_weight == 1.0 else kl_weight * pull)
