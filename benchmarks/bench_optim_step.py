@@ -33,9 +33,9 @@ import torch
 from sbnkit import data as data_lib
 from sbnkit import estimators
 from sbnkit import optim as optim_lib
-from sbnkit.train import Config, build_model, load_config
+from sbnkit.train import Config, build_model, load_config, train_step
 from sbnkit.train.loop import build_optimizers
-from sbnkit.weights import clip_latents_, latent_parameters
+from sbnkit.weights import latent_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("binaryconnect", "md", "md_tanh_s", "bayesbinn", "adaste", "bop")
@@ -55,13 +55,7 @@ def stepper(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], None]:
     hooks.epoch_start()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = est.loss(model, x, y)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
-        clip_latents_(model)
+        train_step(model, est, opts, x, y)
         hooks.step_end()
 
     return step
