@@ -20,7 +20,7 @@ import torch
 
 from ..errors import UserError
 from ..units import sign
-from ..weights import LatentWeight, WeightMode, check_weight_mode
+from ..weights import LatentWeight, WeightMode, check_weight_mode, straight_through
 from . import _checks
 
 __all__ = ["TanhWeight"]
@@ -58,12 +58,12 @@ class TanhWeight(LatentWeight):
         self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
-        latent = theta.detach()
         if self.training and self.mode != "mode":
-            w = torch.tanh(float(self.beta) * latent)
-        else:
-            w = sign(latent)
-        return w + (theta - latent)
+            return straight_through(theta, self._soft)
+        return straight_through(theta, sign)
+
+    def _soft(self, theta: torch.Tensor) -> torch.Tensor:
+        return torch.mul(theta, float(self.beta)).tanh_()
 
     def right_inverse(self, w0: torch.Tensor) -> torch.Tensor:
         return w0.detach().clone()
