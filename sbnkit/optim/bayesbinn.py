@@ -57,14 +57,11 @@ class BayesBiNNWeight(LatentWeight):
             w = straight_through(lam, self._relaxed_sample)
             _SAMPLES[lam] = (w.detach(), self.temperature)
             return w
-        latent = lam.detach()
         if self.mode == "mode":
-            w = sign(latent)
-        elif self.mode == "mean":
-            w = torch.tanh(latent)
-        else:
-            w = self.noise.sample_sign(latent)
-        return w + (lam - latent)
+            return straight_through(lam, sign)
+        if self.mode == "mean":
+            return straight_through(lam, torch.tanh)
+        return straight_through(lam, self.noise.sample_sign)
 
     def _relaxed_sample(self, lam: torch.Tensor) -> torch.Tensor:
         latent = lam.detach()
