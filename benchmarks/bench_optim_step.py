@@ -11,9 +11,10 @@ repetition times ``--steps`` steps of every model in turn (interleaved, the orde
 repetition); the table gives the median seconds per step and the median over repetitions of
 the per-repetition ratio to Adam (goal ≤ 1.3×).
 
-``--draw`` adds a row that only draws BayesBiNN's uniforms ``u = torch.rand_like(λ)`` for every
-latent of the model (the one part of its step that no kernel can skip: its cost bounds BayesBiNN's
-ratio from below by ``1 + that row's ratio``).
+``--draw`` adds two rows that only draw uniforms for every latent of the model: BayesBiNN's
+Philox draw (``philox.uniform_like``, the one part of its step that no kernel can skip: its cost
+bounds BayesBiNN's ratio from below by ``1 + that row's ratio``) and ``torch.rand_like``, the
+draw it replaced.
 
     .venv/bin/python benchmarks/bench_optim_step.py [--reps 15] [--steps 20] [--threads 1]
         [--methods adaste,bop] [--draw] [key=value ...]
@@ -33,6 +34,7 @@ import torch
 from sbnkit import data as data_lib
 from sbnkit import estimators
 from sbnkit import optim as optim_lib
+from sbnkit.optim import philox
 from sbnkit.train import Config, build_model, load_config, train_step
 from sbnkit.train.loop import build_optimizers
 from sbnkit.weights import latent_parameters
@@ -61,13 +63,13 @@ def stepper(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], None]:
     return step
 
 
-def drawer(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """BayesBiNN's uniform draw ``torch.rand_like(λ)`` for every latent of ``cfg``'s model."""
+def drawer(cfg: Config, draw: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., None]:
+    """``draw(λ)`` for every latent of ``cfg``'s model."""
     latents = [p.detach() for p in latent_parameters(build_model(cfg))]
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         for lam in latents:
-            torch.rand_like(lam)
+            draw(lam)
 
     return step
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     ap.add_argument(
-        "--draw", action="store_true", help="add a row: BayesBiNN's u = rand_like(λ) alone"
+        "--draw", action="store_true", help="add rows: BayesBiNN's draw, and rand_like, alone"
     )
     args = ap.parse_args(argv)
     if args.reps < 1 or args.steps < 1 or args.threads < 1:
@@ -109,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         steps[m] = stepper(load_config(ROOT / "configs" / f"fmnist_{m}.toml", args.overrides))
     if args.draw:
         cfg = load_config(ROOT / "configs" / "fmnist_bayesbinn.toml", args.overrides)
-        steps["rand_like of every latent (alone)"] = drawer(cfg)
+        steps["Philox uniforms of every latent (alone)"] = drawer(
+            cfg, lambda lam: philox.uniform_like(lam, philox.draw_key())
+        )
+        steps["torch.rand_like of every latent (alone)"] = drawer(cfg, torch.rand_like)
 
     ds = data_lib.get(base.data.name)
     bs = base.train.batch_size

@@ -1,4 +1,5 @@
-"""The numba loops of :mod:`.compiled`, in their own module so that numba loads on first use only.
+"""The numba loops of :mod:`.compiled` and :mod:`.philox`, in their own module so that numba loads
+on first use only.
 
 Every loop takes flat contiguous arrays of one dtype and constants already cast to it, and repeats
 the torch reference's operations in its order, so float32 stays float32 (``fastmath`` off: no
@@ -23,6 +24,8 @@ __all__ = [
     "bayesbinn_update",
     "bayesbinn_update_at",
     "finish_sample",
+    "philox_uniform32",
+    "philox_uniform64",
     "scatter",
     "np",
 ]
@@ -239,3 +242,68 @@ def scatter(out, near, values):
     """``out[near] = values``."""
     for j in range(near.shape[0]):
         out[near[j]] = values[j]
+
+
+_U32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+_PHILOX_M0, _PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+_PHILOX_W0, _PHILOX_W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+
+
+@numba.njit(inline="always")
+def _philox_block(j, k0, k1):
+    """The four words (uint64 in ``[0, 2³²)``) of Philox4x32-10 at counter ``(j mod 2³², ⌊j/2³²⌋,
+    0, 0)`` under key ``(k0, k1)``, as :func:`sbnkit.optim.philox.philox4x32`."""
+    c0 = j & _U32
+    c1 = j >> _S32
+    c2 = np.uint64(0)
+    c3 = np.uint64(0)
+    for _ in range(10):
+        p0 = _PHILOX_M0 * c0
+        p1 = _PHILOX_M1 * c2
+        n0 = (p1 >> _S32) ^ c1 ^ k0
+        n2 = (p0 >> _S32) ^ c3 ^ k1
+        c1 = p1 & _U32
+        c3 = p0 & _U32
+        c0 = n0
+        c2 = n2
+        k0 = (k0 + _PHILOX_W0) & _U32
+        k1 = (k1 + _PHILOX_W1) & _U32
+    return c0, c1, c2, c3
+
+
+@numba.njit(cache=True)
+def philox_uniform32(k0, k1, out):
+    """``out[i] = ⌊word/2⁸⌋·2⁻²⁴`` with word ``i mod 4`` of Philox block ``⌊i/4⌋`` (float32)."""
+    s8 = np.uint64(8)
+    scale = np.float32(2.0**-24)
+    n = out.shape[0]
+    full = n // 4
+    for j in range(full):
+        a, b, c, d = _philox_block(np.uint64(j), k0, k1)
+        out[4 * j] = np.float32(a >> s8) * scale
+        out[4 * j + 1] = np.float32(b >> s8) * scale
+        out[4 * j + 2] = np.float32(c >> s8) * scale
+        out[4 * j + 3] = np.float32(d >> s8) * scale
+    if n > 4 * full:
+        words = _philox_block(np.uint64(full), k0, k1)
+        for t in range(n - 4 * full):
+            out[4 * full + t] = np.float32(words[t] >> s8) * scale
+
+
+@numba.njit(cache=True)
+def philox_uniform64(k0, k1, out):
+    """``out[i] = (a·2²¹ + ⌊b/2¹¹⌋)·2⁻⁵³`` with words ``a, b`` = ``2(i mod 2)``,
+    ``2(i mod 2) + 1`` of Philox block ``⌊i/2⌋`` (float64)."""
+    s21 = np.uint64(21)
+    s11 = np.uint64(11)
+    scale = 2.0**-53
+    n = out.shape[0]
+    full = n // 2
+    for j in range(full):
+        a, b, c, d = _philox_block(np.uint64(j), k0, k1)
+        out[2 * j] = np.float64((a << s21) + (b >> s11)) * scale
+        out[2 * j + 1] = np.float64((c << s21) + (d >> s11)) * scale
+    if n > 2 * full:
+        a, b, _, _ = _philox_block(np.uint64(full), k0, k1)
+        out[2 * full] = np.float64((a << s21) + (b >> s11)) * scale

@@ -12,7 +12,10 @@ samples ``w ~ Bernoulli(σ(2λ))`` (weight mode ``"sample"``, as in the ensemble
 The published code computes the mean ``μ`` of the scale ``s`` from the latent *before the
 previous* update (one step late); here ``μ = tanh λ`` of the current latent, i.e. ``μ`` refreshed
 after every update. On the CPU both run the bit-identical compiled forms of
-:mod:`~sbnkit.optim.compiled`.
+:mod:`~sbnkit.optim.compiled`. The uniforms of the relaxed sample are Philox4x32-10's
+(:mod:`~sbnkit.optim.philox`), keyed from torch's default generator: seeded by
+``torch.manual_seed``, resumed by a checkpoint's RNG state, the same on every device, and drawn
+in a fraction of ``torch.rand_like``'s time.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .. import noise as noise_lib
 from ..errors import UserError
 from ..units import sign
 from ..weights import LatentWeight, WeightMode, check_weight_mode, straight_through
-from . import _checks, compiled
+from . import _checks, compiled, philox
 
 __all__ = ["BayesBiNN", "BayesBiNNWeight"]
 
@@ -65,7 +68,8 @@ class BayesBiNNWeight(LatentWeight):
 
     def _relaxed_sample(self, lam: torch.Tensor) -> torch.Tensor:
         latent = lam.detach()
-        return compiled.bayesbinn_sample(latent, torch.rand_like(latent), self.temperature)
+        u = philox.uniform_like(latent, philox.draw_key())
+        return compiled.bayesbinn_sample(latent, u, self.temperature)
 
     def right_inverse(self, w0: torch.Tensor) -> torch.Tensor:
         return self.init * sign(w0.detach())

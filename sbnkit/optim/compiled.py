@@ -10,14 +10,13 @@ with the Python constants rounded to it as torch rounds them.
 * BayesBiNN: the transcendental functions are torch's, vectorised, but only where their value is
   not ``±1``. torch's ``tanh`` is exactly ``±1`` beyond :data:`TANH_SATURATED` (checked by the
   tests), so in :func:`bayesbinn_update_` ``μ = tanh λ`` is only computed (by torch, on the
-  gathered elements) where ``|λ| ≤`` that bound; torch's ``rand`` gives ``u = 0`` or
-  ``u ∈ [2^-p, 1 - 2^-p]`` (``p`` the mantissa bits), where ``|δ| = |½ log(u/(1-u))| ≤ D``, so
+  gathered elements) where ``|λ| ≤`` that bound; the uniforms (torch's ``rand`` or
+  :func:`~sbnkit.optim.philox.uniform_like`) are ``u = 0`` or ``u ∈ [2^-p, 1 - 2^-p]``
+  (``p`` the significand bits), where ``|δ| = |½ log(u/(1-u))| ≤ D``, so
   :func:`bayesbinn_sample` is ``sign λ`` (``-1`` for ``u = 0``) wherever ``|λ| > D + τ·bound``;
   for the gathered rest torch computes ``log u`` and ``log(1 - u)``, the loop the reference's
   arithmetic, and torch the ``tanh`` where it is not ``±1``. With a small temperature and latents
   far from 0 (BayesBiNN's ``τ = 1e-10``, ``λ₀ = ±10``) nearly every element takes the first case.
-  The uniform draw itself stays torch's ``rand_like``, so the random stream, seeding and resume
-  are unchanged.
 
 numba is imported on first use (:mod:`._jit`, so ``import sbnkit`` does not load it);
 the loops compile then for each dtype (cached on disk). They run on one thread.
@@ -41,7 +40,7 @@ __all__ = [
 ]
 
 TANH_SATURATED = {torch.float32: 10.0, torch.float64: 20.0}  # |x| above: torch.tanh(x) = ±1
-_RAND_BITS = {torch.float32: 24, torch.float64: 53}  # torch.rand's resolution 2^-p
+_RAND_BITS = {torch.float32: 24, torch.float64: 53}  # the uniforms' resolution 2^-p
 _DELTA_BOUND: dict[torch.dtype, float] = {}
 _LOCAL = threading.local()  # per thread: the scratch arrays of the BayesBiNN loops
 
