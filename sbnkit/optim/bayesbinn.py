@@ -16,6 +16,11 @@ after every update. On the CPU both run the bit-identical compiled forms of
 (:mod:`~sbnkit.optim.philox`), keyed from torch's default generator: seeded by
 ``torch.manual_seed``, resumed by a checkpoint's RNG state, the same on every device, and drawn
 in a fraction of ``torch.rand_like``'s time.
+
+Under ``torchrun`` each rank draws its own sample (its own stream) and the gradients are averaged
+over the ranks; each rank then scales that average by its own sample's ``1 - w² + ε``. That factor
+is ``ε`` on every rank wherever the sample is ``±1``, which at the recipes' ``τ = 1e-10`` is all
+but about one element in 10⁹ per draw; at larger temperatures the ranks' latents drift apart.
 """
 
 from __future__ import annotations
