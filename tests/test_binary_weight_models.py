@@ -14,6 +14,7 @@ from torch import nn
 from sbnkit import binarize, optim
 from sbnkit.data.cifar import write_cifar_bin
 from sbnkit.data.idx import write_idx
+from sbnkit.devices import NoImplicitDevice
 from sbnkit.errors import UserError
 from sbnkit.models import mlp_binaryconnect, resnet18, vgg16, vgg_binaryconnect
 from sbnkit.optim import AdaSTEWeight, TanhWeight
@@ -174,7 +175,8 @@ def test_recipe_runs_on_tiny_synthetic_data(path, fake_data, tmp_path, monkeypat
     try:
         run = prepare(cfg)
         before = [p.detach().clone() for p in latent_parameters(run.model)]
-        metrics = fit(run, progress=False)
+        with NoImplicitDevice():  # every tensor on the model's device (see test_devices.py)
+            metrics = fit(run, progress=False)
     finally:
         torch.set_num_threads(threads)
     assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))

@@ -86,7 +86,7 @@ def uniform_like(t: torch.Tensor, key: int) -> torch.Tensor:
     if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
         from . import _jit as jit
 
-        out = torch.empty(t.shape, dtype=t.dtype)
+        out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
         loop = jit.philox_uniform64 if t.dtype == torch.float64 else jit.philox_uniform32
         loop(*(jit.np.uint64(k) for k in (key & _MASK32, key >> 32)), out.numpy().reshape(-1))
         return out
@@ -94,6 +94,7 @@ def uniform_like(t: torch.Tensor, key: int) -> torch.Tensor:
 
 
 def draw_key(generator: torch.Generator | None = None) -> int:
-    """A 64-bit key from ``generator`` (torch's default CPU generator if ``None``)."""
-    low, high = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator).tolist()
+    """A 64-bit key from the CPU ``generator`` (torch's default one if ``None``)."""
+    pair = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator, device="cpu")
+    low, high = pair.tolist()
     return low + (high << 32)
