@@ -261,13 +261,27 @@ batch_size = 50
 """
 
 
-@pytest.mark.parametrize("stop_after", [1, 4, 5, 9])  # 4 steps per epoch: inside and at ends
-def test_resume_is_bit_identical_from_any_step(tmp_path, monkeypatch, stop_after):
+# each binary-weight method with its schedules (AdaSTE's β per epoch, MD-tanh-S's every 2 steps)
+# and BayesBiNN's Philox samples at a temperature where they are not ±1
+METHODS = {
+    "binaryconnect": "",
+    "md_tanh_s": "beta_interval = 2\n",
+    "bayesbinn": "lr = 1e-3\ntemperature = 1.0\ninit = 1.0\n",
+    "adaste": "beta_rate = 2.0\n",
+    "bop": "",
+}
+RESUMES = [("md", n) for n in (1, 4, 5, 9)] + [(m, 5) for m in METHODS]
+
+
+@pytest.mark.parametrize("method,stop_after", RESUMES)  # 4 steps per epoch: inside and at ends
+def test_resume_is_bit_identical_from_any_step(tmp_path, monkeypatch, method, stop_after):
     """Stopped after any step and resumed from the saved state, training ends with the same
     weights, optimizer moments and metrics, to the bit, as without the stop (sampled weights and
-    units, augmentation, data init, validation split, cosine schedule)."""
+    units, augmentation, data init, validation split, cosine schedule; every binary-weight
+    method)."""
     monkeypatch.setenv("SBNKIT_DATA", str(fake_fmnist(tmp_path / "data", n_train=50)))
-    cfg = parse_config(IMAGES)
+    latent = f'[optim.latent]\nname = "{method}"\n{METHODS[method]}' if method in METHODS else ""
+    cfg = parse_config(IMAGES + latent)
     whole = prepare(cfg)
     want = fit(whole, progress=False)
     saved = tmp_path / "state.pt"
@@ -291,8 +305,9 @@ def test_resume_is_bit_identical_from_any_step(tmp_path, monkeypatch, stop_after
         assert torch.equal(a, theirs[name]), name
     for k, o in whole.optimizers.items():
         for pa, pb in zip(o.state.values(), second.optimizers[k].state.values(), strict=True):
-            for key in pa:
-                assert torch.equal(pa[key], pb[key]), (k, key)
+            for key, a in pa.items():
+                b = pb[key]
+                assert torch.equal(a, b) if torch.is_tensor(a) else a == b, (k, key)
 
 
 def test_training_state_files_are_checked(tmp_path):
