@@ -12,8 +12,11 @@ batch's mean loss, as in one process.
 Noise (units, and Bernoulli weights sampled in the forward pass) comes from each rank's own
 stream (seeded ``seed + rank``): the ranks' estimates are independent, and their average is an
 estimate of the global batch's gradient with ``world_size`` times fewer noise draws per example
-shared. BatchNorm (``train.batch_norm``) normalises each rank's slice with its own statistics
-(``local``, the default), or with the statistics of the whole global batch (``sync``:
+shared. BayesBiNN's relaxed weight samples are the exception: its update uses the sample, so they
+come from one stream that every rank holds alike
+(:func:`~sbnkit.optim.bayesbinn.share_sample_generator`). BatchNorm (``train.batch_norm``)
+normalises each rank's slice with its own statistics (``local``, the default), or with the
+statistics of the whole global batch (``sync``:
 ``torch.nn.SyncBatchNorm``, which torch implements for CUDA only; with one process ``sync`` is
 ``local``). Only rank 0 writes the run folder and prints; every rank checks its input before
 anything is written. A checkpoint gathers every rank's random streams and buffers to rank 0

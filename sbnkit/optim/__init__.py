@@ -37,7 +37,7 @@ from ..weights import BernoulliWeight, LatentWeight, WeightMode, make_binary
 from . import functional
 from ._checks import at_least, choice, in_range, positive
 from .adaste import AdaSTE, AdaSTEWeight
-from .bayesbinn import BayesBiNN, BayesBiNNWeight
+from .bayesbinn import BayesBiNN, BayesBiNNWeight, share_sample_generator
 from .binaryconnect import BinaryConnect
 from .bop import Bop, SignWeight
 from .md_tanh_s import TanhWeight
@@ -66,6 +66,7 @@ __all__ = [
     "md_optimizer",
     "md_weight",
     "names",
+    "share_sample_generator",
     "tanh_optimizer",
 ]
 

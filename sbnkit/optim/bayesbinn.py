@@ -13,14 +13,14 @@ The published code computes the mean ``μ`` of the scale ``s`` from the latent *
 previous* update (one step late); here ``μ = tanh λ`` of the current latent, i.e. ``μ`` refreshed
 after every update. On the CPU both run the bit-identical compiled forms of
 :mod:`~sbnkit.optim.compiled`. The uniforms of the relaxed sample are Philox4x32-10's
-(:mod:`~sbnkit.optim.philox`), keyed from torch's default generator: seeded by
-``torch.manual_seed``, resumed by a checkpoint's RNG state, the same on every device, and drawn
-in a fraction of ``torch.rand_like``'s time.
+(:mod:`~sbnkit.optim.philox`), keyed from a CPU generator (torch's default one unless set):
+seeded, resumed from a checkpoint, the same on every device, and drawn in a fraction of
+``torch.rand_like``'s time.
 
-Under ``torchrun`` each rank draws its own sample (its own stream) and the gradients are averaged
-over the ranks; each rank then scales that average by its own sample's ``1 - w² + ε``. That factor
-is ``ε`` on every rank wherever the sample is ``±1``, which at the recipes' ``τ = 1e-10`` is all
-but about one element in 10⁹ per draw; at larger temperatures the ranks' latents drift apart.
+The update needs the sample, so under ``torchrun`` every rank must draw the same one: the
+training loop gives every :class:`BayesBiNNWeight` one generator for the keys
+(:func:`share_sample_generator`), seeded alike on every rank and saved in checkpoints, so that
+two processes train like one with the same global batch (the units' noise stays per rank).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import noise as noise_lib
@@ -36,7 +37,7 @@ from ..units import sign
 from ..weights import LatentWeight, WeightMode, check_weight_mode, straight_through
 from . import _checks, compiled, philox
 
-__all__ = ["BayesBiNN", "BayesBiNNWeight"]
+__all__ = ["BayesBiNN", "BayesBiNNWeight", "share_sample_generator"]
 
 # latent parameter -> (last relaxed sample, its temperature), written by the forward pass
 _SAMPLES: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -48,7 +49,8 @@ class BayesBiNNWeight(LatentWeight):
     ``init`` (> 0): registered on a float weight ``w0`` the latent starts at ``init · sign(w0)``
     (the published ``±λ_init = ±10``). ``mode``: ``"sample"`` (relaxed sample in training, hard
     sample in evaluation), ``"mode"`` (``sign λ``) or ``"mean"`` (``tanh λ``). Raises
-    ``UserError`` for bad values.
+    ``UserError`` for bad values. ``generator``: the CPU generator of the relaxed samples' keys
+    (``None``: torch's default one).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class BayesBiNNWeight(LatentWeight):
         self.init = _checks.positive("init", init)
         self.mode = check_weight_mode(mode)
         self.noise = noise_lib.get("logistic", 0.5)
+        self.generator: torch.Generator | None = None
 
     def forward(self, lam: torch.Tensor) -> torch.Tensor:
         if self.mode == "sample" and self.training:
@@ -73,7 +76,7 @@ class BayesBiNNWeight(LatentWeight):
 
     def _relaxed_sample(self, lam: torch.Tensor) -> torch.Tensor:
         latent = lam.detach()
-        u = philox.uniform_like(latent, philox.draw_key())
+        u = philox.uniform_like(latent, philox.draw_key(self.generator))
         return compiled.bayesbinn_sample(latent, u, self.temperature)
 
     def right_inverse(self, w0: torch.Tensor) -> torch.Tensor:
@@ -81,6 +84,15 @@ class BayesBiNNWeight(LatentWeight):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature:g}, mode={self.mode}"
+
+
+def share_sample_generator(model: nn.Module, generator: torch.Generator | None) -> int:
+    """Draw the relaxed samples of every :class:`BayesBiNNWeight` in ``model`` from
+    ``generator`` (a CPU generator; ``None``: torch's default one); returns how many there are."""
+    weights = [m for m in model.modules() if isinstance(m, BayesBiNNWeight)]
+    for w in weights:
+        w.generator = generator
+    return len(weights)
 
 
 class BayesBiNN(torch.optim.Optimizer):

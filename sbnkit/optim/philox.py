@@ -2,9 +2,9 @@
 
 A draw is a pure function of a 64-bit key and the element's index, so it can be computed in any
 order, in parallel and on any device, with the same result. :func:`uniform_like` is what
-BayesBiNN's relaxed sample uses: its key comes from torch's default CPU generator
-(:func:`draw_key`), so ``torch.manual_seed`` fixes the stream and a checkpoint's saved RNG state
-resumes it exactly; the values do not depend on the device.
+BayesBiNN's relaxed sample uses: its key comes from a CPU generator (:func:`draw_key`; torch's
+default one, or the training loop's, which checkpoints save), so seeding it fixes the stream and
+a saved state resumes it exactly; the values do not depend on the device.
 
 Layout: block ``j`` is ``philox4x32_10(counter = (j mod 2³², ⌊j/2³²⌋, 0, 0), key = (k₀, k₁))``,
 four 32-bit words. float64 element ``i`` takes words ``2(i mod 2)`` and ``2(i mod 2) + 1`` of

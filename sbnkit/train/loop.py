@@ -310,6 +310,9 @@ def fit(
     progress = progress and cluster.main
     shuffle = torch.Generator().manual_seed(t.seed)
     augment = torch.Generator().manual_seed(t.seed + 1)
+    samples = torch.Generator().manual_seed(t.seed + 2)  # BayesBiNN's: one sample for all ranks
+    optim_lib.share_sample_generator(model, samples)
+    generators = {"shuffle": shuffle, "augment": augment, "samples": samples}
     transform = data_lib.augmenter(cfg.data.augment, cfg.data.crop_padding, augment)
     batches = data_lib.Batches(
         *run.train,
@@ -343,7 +346,7 @@ def fit(
             schedulers[k].load_state_dict(resume["schedulers"][k])
         mine = resume["ranks"][cluster.rank]
         epoch_rng = mine["rng"]
-        state.restore_rank(mine, model, shuffle, augment)
+        state.restore_rank(mine, model, generators)
 
     latents = latent_parameters(model)
     signs = []  # the binary weights' signs at the start of the epoch in progress
@@ -369,7 +372,7 @@ def fit(
         tic = time.perf_counter()
         if at.step == 0:
             hooks.epoch_start()
-            epoch_rng = state.capture_rng(shuffle, augment)
+            epoch_rng = state.capture_rng(generators)
             signs = [lat.detach() >= 0 for lat in latents]
         else:  # resuming inside an epoch: redraw its order, then continue every stream
             shuffle.set_state(epoch_rng["shuffle"])
@@ -410,7 +413,7 @@ def fit(
             if stopping:
                 at.epoch = epoch
                 at.train_seconds += time.perf_counter() - tic
-                rng = state.capture_rng(shuffle, augment)
+                rng = state.capture_rng(generators)
                 rng["shuffle"] = epoch_rng["shuffle"]
                 checkpoint_now(rng)
                 raise Stopped(stop.signum if stop else signal.SIGTERM)
@@ -442,7 +445,7 @@ def fit(
             on_epoch(record)
         at = state.LoopPosition(epoch + 1, 0, 0.0, epoch, at.train_seconds)
         if t.checkpoint_every and epoch % t.checkpoint_every == 0:
-            checkpoint_now(state.capture_rng(shuffle, augment))
+            checkpoint_now(state.capture_rng(generators))
         if echo is not None:
             extra = f" val_acc {record['val_acc_mode']:.4f}" if run.val is not None else ""
             echo(

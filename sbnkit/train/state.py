@@ -50,8 +50,9 @@ class LoopPosition:
     train_seconds: float
 
 
-def capture_rng(shuffle: torch.Generator, augment: torch.Generator) -> dict[str, Any]:
-    """Every random stream of a training run, as tensors and plain data."""
+def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """Every random stream of a training run, as tensors and plain data: the global ones and the
+    loop's own ``generators`` (by name)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     return {
@@ -65,13 +66,13 @@ def capture_rng(shuffle: torch.Generator, augment: torch.Generator) -> dict[str,
             "gauss": float(gauss),
         },
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-        "shuffle": shuffle.get_state(),
-        "augment": augment.get_state(),
+        **{name: g.get_state() for name, g in generators.items()},
     }
 
 
-def restore_rng(rng: dict[str, Any], shuffle: torch.Generator, augment: torch.Generator) -> None:
-    """Set every random stream from :func:`capture_rng`'s record."""
+def restore_rng(rng: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    """Set every random stream from :func:`capture_rng`'s record (a generator the record lacks,
+    as in a state saved before it existed, keeps its state)."""
     torch.set_rng_state(rng["torch"])
     if rng["cuda"]:
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -80,8 +81,9 @@ def restore_rng(rng: dict[str, Any], shuffle: torch.Generator, augment: torch.Ge
     np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
     p = rng["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-    shuffle.set_state(rng["shuffle"])
-    augment.set_state(rng["augment"])
+    for name, g in generators.items():
+        if name in rng:
+            g.set_state(rng[name])
 
 
 def rank_state(model: torch.nn.Module, rng: dict[str, Any]) -> dict[str, Any]:
@@ -94,8 +96,7 @@ def rank_state(model: torch.nn.Module, rng: dict[str, Any]) -> dict[str, Any]:
 def restore_rank(
     saved: dict[str, Any],
     model: torch.nn.Module,
-    shuffle: torch.Generator,
-    augment: torch.Generator,
+    generators: dict[str, torch.Generator],
 ) -> None:
     """Give ``model`` and the random streams the state of this process (``saved``: one entry of
     the state's ``ranks``), after the model's weights are loaded.
@@ -110,7 +111,7 @@ def restore_rank(
             "the saved training state does not fit the model of its config; it is damaged or "
             "was written by another sbnkit version"
         )
-    restore_rng(saved["rng"], shuffle, augment)
+    restore_rng(saved["rng"], generators)
     with torch.no_grad():
         for name, b in buffers.items():
             b.copy_(saved["buffers"][name])
