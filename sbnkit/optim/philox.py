@@ -15,7 +15,7 @@ float32): ``u = ⌊a/2^(32-p)⌋·2⁻ᵖ``. So ``u`` lies on torch.rand's grid:
 
 :func:`philox4x32` and :func:`uniform` are the torch reference (int64 arithmetic without
 overflow, any device); :func:`uniform_like` runs the compiled loop of :mod:`._jit` instead for
-contiguous float32/float64 CPU tensors, and the tests demand that both agree bit for bit.
+float32/float64 on the CPU, and the tests demand that both agree bit for bit.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def uniform(
 
 
 def uniform_like(t: torch.Tensor, key: int) -> torch.Tensor:
-    """``key``'s uniforms in ``t``'s shape, dtype and device: compiled for contiguous
-    float32/float64 CPU tensors, else :func:`uniform`. ``key`` in ``[0, 2⁶⁴)``."""
+    """``key``'s uniforms in ``t``'s shape, dtype and device (a new contiguous tensor): compiled
+    for float32/float64 on the CPU, else :func:`uniform`. ``key`` in ``[0, 2⁶⁴)``."""
     if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
         from . import _jit as jit
 
