@@ -91,7 +91,9 @@ def test_mean_variance_and_distribution_of_one_stream():
     assert abs(float(u.mean()) - 0.5) < SIGMAS * math.sqrt(1 / 12 / N)
     # (u - ½)² has mean 1/12 and variance 1/80 - 1/144 = 1/180
     assert abs(float(((u - 0.5) ** 2).mean()) - 1 / 12) < SIGMAS * math.sqrt(1 / 180 / N)
-    ks = float((torch.arange(1, N + 1, dtype=torch.float64) / N - u.sort().values).abs().max())
+    rank = torch.arange(1, N + 1, dtype=torch.float64)
+    x = u.sort().values
+    ks = float(torch.maximum(rank / N - x, x - (rank - 1) / N).max())  # sup |F_N - F|
     assert ks < math.sqrt(math.log(2 / 1e-6) / (2 * N))  # DKW: P(D > ε) ≤ 2 exp(-2Nε²)
 
 
