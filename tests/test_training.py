@@ -310,6 +310,20 @@ def test_resume_is_bit_identical_from_any_step(tmp_path, monkeypatch, method, st
                 assert torch.equal(a, b) if torch.is_tensor(a) else a == b, (k, key)
 
 
+def test_a_state_saved_before_a_generator_existed_restores_the_others():
+    old = {name: torch.Generator().manual_seed(i) for i, name in enumerate(("shuffle", "augment"))}
+    record = state.capture_rng(old)
+    want = [torch.rand(3, generator=g) for g in old.values()]
+    new = {name: torch.Generator().manual_seed(7) for name in ("shuffle", "augment", "samples")}
+    state.restore_rng(record, new)
+    for name, w in zip(old, want, strict=True):  # restored: they continue where they were saved
+        assert torch.equal(torch.rand(3, generator=new[name]), w), name
+    assert torch.equal(
+        torch.rand(3, generator=new["samples"]),
+        torch.rand(3, generator=torch.Generator().manual_seed(7)),
+    )
+
+
 def test_training_state_files_are_checked(tmp_path):
     torch.save({"format": "sbnkit-training-state", "version": 1}, tmp_path / "s.pt")
     with pytest.raises(UserError, match="incomplete or damaged"):
