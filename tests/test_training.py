@@ -322,6 +322,9 @@ def test_a_state_saved_before_a_generator_existed_restores_the_others():
         torch.rand(3, generator=new["samples"]),
         torch.rand(3, generator=torch.Generator().manual_seed(7)),
     )
+    del record["shuffle"]  # only the generators added later may be missing
+    with pytest.raises(UserError, match="lacks the random stream 'shuffle'"):
+        state.restore_rng(record, new)
 
 
 def test_training_state_files_are_checked(tmp_path):

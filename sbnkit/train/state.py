@@ -25,6 +25,7 @@ from . import checkpoint
 
 __all__ = [
     "FORMAT",
+    "LATER_GENERATORS",
     "LoopPosition",
     "capture_rng",
     "check_world_size",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 FORMAT = "sbnkit-training-state"
+LATER_GENERATORS = frozenset({"samples"})  # loop generators that states written before them lack
 
 
 @dataclass
@@ -71,8 +73,15 @@ def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 
 
 def restore_rng(rng: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
-    """Set every random stream from :func:`capture_rng`'s record (a generator the record lacks,
-    as in a state saved before it existed, keeps its state)."""
+    """Set every random stream from :func:`capture_rng`'s record. A generator of
+    :data:`LATER_GENERATORS` that the record lacks (a state saved before it existed) keeps its
+    state; any other missing one raises :class:`~sbnkit.errors.UserError` before anything is set."""
+    missing = [name for name in generators if name not in rng and name not in LATER_GENERATORS]
+    if missing:
+        raise UserError(
+            f"the saved training state lacks the random stream {missing[0]!r}; it is damaged or "
+            "was written by another sbnkit version"
+        )
     torch.set_rng_state(rng["torch"])
     if rng["cuda"]:
         torch.cuda.set_rng_state_all(rng["cuda"])
