@@ -14,6 +14,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .philox import PHILOX_M, PHILOX_W, ROUNDS
+
 __all__ = [
     "BLOCK",
     "adaste_backward_big",
@@ -246,8 +248,8 @@ def scatter(out, near, values):
 
 _U32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
-_PHILOX_M0, _PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
-_PHILOX_W0, _PHILOX_W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+_PHILOX_M0, _PHILOX_M1 = (np.uint64(m) for m in PHILOX_M)
+_PHILOX_W0, _PHILOX_W1 = (np.uint64(w) for w in PHILOX_W)
 
 
 @numba.njit(inline="always")
@@ -258,7 +260,7 @@ def _philox_block(j, k0, k1):
     c1 = j >> _S32
     c2 = np.uint64(0)
     c3 = np.uint64(0)
-    for _ in range(10):
+    for _ in range(ROUNDS):
         p0 = _PHILOX_M0 * c0
         p1 = _PHILOX_M1 * c2
         n0 = (p1 >> _S32) ^ c1 ^ k0
